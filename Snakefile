@@ -1,0 +1,34 @@
+# Montessori-Instruct (ICLR 2025) as a data-lineage pipeline. Read top to bottom, the includes are the paper's
+# figure: seeds -> teacher synthesis -> student warm-up -> local influence -> preference pairs -> teacher DPO,
+# iterated; then each method's teacher writes its final training set.
+import os
+import sys
+
+# The library is importable from the checkout itself, in this process and in every job (also in conda envs
+# and on cluster nodes, which inherit the environment), without installing the project into each env.
+sys.path.insert(0, workflow.basedir)
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
+
+from montessori.config import validate_config
+
+
+configfile: "config.yaml"
+
+
+# Fills the schema's defaults in place and fails before any job runs, naming the bad key.
+validate_config(config)
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/pool.smk"
+include: "rules/synthesize.smk"
+include: "rules/warmup.smk"
+include: "rules/influence.smk"
+include: "rules/pairs.smk"
+include: "rules/dpo.smk"
+
+
+rule all:
+    input:
+        expand(f"{RESULTS}/final/{{method}}/train.parquet", method=config["final"]["methods"]),

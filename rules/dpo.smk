@@ -1,0 +1,26 @@
+# Teacher DPO: teacher_{i-1} learns to prefer the raw outputs whose instructions helped the student.
+
+
+rule dpo_teacher:
+    input:
+        pairs=f"{RESULTS}/iter{{iteration}}/pairs.parquet",
+        teacher=lambda wc: teacher_input(int(wc.iteration) - 1),
+    output:
+        directory(f"{RESULTS}/iter{{iteration}}/teacher"),
+    params:
+        teacher=lambda wc: teacher_path(int(wc.iteration) - 1),
+        dpo=config["dpo"],
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/dpo_teacher/iter{{iteration}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/dpo_teacher/iter{{iteration}}.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    script:
+        "../scripts/dpo_teacher.py"

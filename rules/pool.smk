@@ -1,0 +1,40 @@
+rule pool_seeds:
+    input:
+        config["data"]["seed_files"],
+    output:
+        f"{RESULTS}/pool/seeds.parquet",
+    params:
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/pool_seeds.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pool_seeds.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/pool_seeds.py"
+
+
+rule reference_set:
+    input:
+        config["data"]["reference_file"],
+    output:
+        f"{RESULTS}/pool/reference.parquet",
+    params:
+        n=config["data"]["n_reference"],
+    log:
+        f"{RESULTS}/logs/reference_set.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/reference_set.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/reference_set.py"

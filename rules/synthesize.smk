@@ -1,0 +1,84 @@
+# Teacher synthesis: the teacher writes instructions from 8 in-context examples, the paper's filters run, and
+# the same teacher answers each surviving instruction. One script serves three callers that differ only in
+# which teacher writes and how much.
+
+
+rule synthesize_warmup:
+    input:
+        seeds=f"{RESULTS}/pool/seeds.parquet",
+        teacher=teacher_input(0),
+    output:
+        f"{RESULTS}/warmup/candidates.parquet",
+    params:
+        teacher=lambda wc: teacher_path(0),
+        iteration=0,
+        synthesis=synthesis_params("warmup", 1, n_examples=config["warmup"]["n_examples"]),
+    log:
+        f"{RESULTS}/logs/synthesize_warmup.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthesize_warmup.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    script:
+        "../scripts/synthesize.py"
+
+
+rule synthesize_iteration:
+    input:
+        seeds=f"{RESULTS}/pool/seeds.parquet",
+        teacher=lambda wc: teacher_input(int(wc.iteration) - 1),
+    output:
+        f"{RESULTS}/iter{{iteration}}/candidates.parquet",
+    params:
+        teacher=lambda wc: teacher_path(int(wc.iteration) - 1),
+        iteration=lambda wc: int(wc.iteration),
+        synthesis=lambda wc: synthesis_params(
+            f"iter{wc.iteration}",
+            config["synthesis"]["candidates_per_prompt"],
+            n_prompts=config["influence"]["n_prompts"],
+        ),
+    log:
+        f"{RESULTS}/logs/synthesize_iteration/iter{{iteration}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthesize_iteration/iter{{iteration}}.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    script:
+        "../scripts/synthesize.py"
+
+
+rule synthesize_final:
+    input:
+        seeds=f"{RESULTS}/pool/seeds.parquet",
+        teacher=lambda wc: teacher_input(final_teacher_iteration(wc.method)),
+    output:
+        candidates=f"{RESULTS}/final/{{method}}/candidates.parquet",
+        train=f"{RESULTS}/final/{{method}}/train.parquet",
+    params:
+        teacher=lambda wc: teacher_path(final_teacher_iteration(wc.method)),
+        iteration=lambda wc: final_teacher_iteration(wc.method),
+        # Both methods draw the same seeds (one random stream, "final"), so they differ only by teacher.
+        synthesis=synthesis_params("final", 1, n_examples=config["final"]["n_examples"]),
+    log:
+        f"{RESULTS}/logs/synthesize_final/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthesize_final/{{method}}.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=1,
+    script:
+        "../scripts/synthesize.py"

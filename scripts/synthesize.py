@@ -1,0 +1,34 @@
+import pandas as pd
+
+from montessori.generate import load_generator
+from montessori.io import write_parquet
+from montessori.jobs import start_job
+from montessori.synthesize import SynthesisPlan, synthesize, training_set
+
+log = start_job(snakemake)
+params = snakemake.params.synthesis
+generation = params["generation"]
+plan = SynthesisPlan(
+    stage=params["stage"],
+    iteration=snakemake.params.iteration,
+    candidates_per_prompt=params["candidates_per_prompt"],
+    n_prompts=params["n_prompts"],
+    n_examples=params["n_examples"],
+)
+seeds = pd.read_parquet(snakemake.input.seeds)
+generator = load_generator(
+    snakemake.params.teacher,
+    backend=generation["backend"],
+    batch_size=generation["batch_size"],
+    dtype=generation["dtype"],
+    vllm_kv_cache_gib=generation["vllm_kv_cache_gib"],
+    vllm_gpu_memory_utilization=generation["vllm_gpu_memory_utilization"],
+    seed=generation["seed"],
+)
+candidates = synthesize(generator, seeds, plan, params["synthesis"], generation["batch_size"], generation["seed"])
+generator.close()
+write_parquet(candidates, snakemake.output[0])
+if "train" in snakemake.output.keys():
+    train = training_set(candidates, plan.n_examples)
+    write_parquet(train, snakemake.output.train)
+    log.info("training set: %d examples", len(train))
