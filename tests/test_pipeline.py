@@ -1,0 +1,108 @@
+"""The Snakemake workflow itself: lint, dry runs, config errors, and one real end-to-end run (configs/test.yaml)."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--directory", str(ROOT), "--snakefile", str(ROOT / "Snakefile")]
+
+
+def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*SNAKEMAKE, *args], capture_output=True, text=True, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def planned_jobs(*args: str) -> dict[str, int]:
+    """Rule -> job count of a dry run."""
+    out = snakemake("-n", "--quiet", "rules", *args).stdout
+    jobs = {}
+    for line in out.split("Job stats:")[-1].splitlines():
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if match and match.group(1) != "total":
+            jobs[match.group(1)] = int(match.group(2))
+    return jobs
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_of_default_config_schedules_the_whole_loop():
+    jobs = planned_jobs("--config", "experiment=dryrun-default")
+    assert jobs["synthesize_iteration"] == 2 and jobs["dpo_teacher"] == 2
+    assert jobs["influence_shard"] == 2 * 2  # 2 iterations x 2 shards (config.yaml)
+    assert jobs["synthesize_final"] == 2  # self_instruct and montessori
+
+
+def test_paper_config_dry_run():
+    jobs = planned_jobs("--configfile", "configs/paper.yaml", "--config", "experiment=dryrun-paper")
+    assert jobs["influence_shard"] == 2 * 16
+    assert "build_model" not in jobs  # hub ids: nothing to build
+
+
+def test_set_scatter_changes_the_number_of_shards():
+    jobs = planned_jobs("--config", "experiment=dryrun-scatter", "--set-scatter", "influence=5")
+    assert jobs["influence_shard"] == 2 * 5
+
+
+def test_unknown_config_key_fails_before_any_job():
+    result = snakemake("-n", "--config", "bogus=1", check=False)
+    assert result.returncode != 0
+    assert "unknown config key 'bogus'" in result.stdout + result.stderr
+
+
+def test_bad_enum_names_allowed_values():
+    result = snakemake("-n", "--config", "influence={baseline: after}", check=False)
+    assert result.returncode != 0
+    assert "'before_step', 'null_step'" in result.stdout + result.stderr
+
+
+@pytest.mark.e2e
+def test_end_to_end_on_the_test_config(tmp_path):
+    """Real SmolLM2 teacher and student through every stage; then nothing reruns; then a DPO change."""
+    results = ROOT / "results" / "test"
+    shutil.rmtree(results, ignore_errors=True)
+    snakemake("--configfile", "configs/test.yaml", "--cores", "2")
+
+    seeds = pd.read_parquet(results / "pool/seeds.parquet")
+    for iteration in (1, 2):
+        candidates = pd.read_parquet(results / f"iter{iteration}/candidates.parquet")
+        influence = pd.read_parquet(results / f"iter{iteration}/influence.parquet")
+        pairs = pd.read_parquet(results / f"iter{iteration}/pairs.parquet")
+        assert set(influence["candidate_id"]) == set(candidates.loc[candidates["verdict"] == "ok", "candidate_id"])
+        assert len(pairs) > 0 and (pairs["chosen_influence"] > 0).all() and (pairs["rejected_influence"] < 0).all()
+        assert set(pairs["chosen_candidate_id"]) <= set(candidates["candidate_id"])
+        assert set(candidates.explode("seed_ids")["seed_ids"].dropna()) <= set(seeds["seed_id"])
+        assert (results / f"iter{iteration}/teacher/config.json").exists()
+    for method in ("self_instruct", "montessori"):
+        train = pd.read_parquet(results / f"final/{method}/train.parquet")
+        assert len(train) > 0 and train["response"].str.len().gt(0).all()
+    assert pd.read_parquet(results / "final/montessori/train.parquet")["iteration"].eq(2).all()
+
+    assert planned_jobs("--configfile", "configs/test.yaml") == {}
+
+    changed = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
+    changed["dpo"]["beta"] = 0.2
+    changed_path = tmp_path / "beta.yaml"
+    changed_path.write_text(yaml.safe_dump(changed))
+    jobs = planned_jobs("--configfile", str(changed_path))
+    assert jobs == {
+        "dpo_teacher": 2,
+        "synthesize_iteration": 1,  # iteration 2 is written by teacher_1
+        "influence_shard": 2,
+        "gather_influence": 1,
+        "pairs": 1,
+        "synthesize_final": 1,  # montessori only: self_instruct's teacher is untouched
+        "all": 1,
+    }
