@@ -31,4 +31,5 @@ include: "rules/dpo.smk"
 
 rule all:
     input:
+        f"{RESULTS}/config.yaml",
         expand(f"{RESULTS}/final/{{method}}/train.parquet", method=config["final"]["methods"]),

@@ -38,3 +38,23 @@ rule reference_set:
         runtime=5,
     script:
         "../scripts/reference_set.py"
+
+
+rule snapshot_config:
+    """The validated config (defaults filled in) beside the results, for lineage and the experiments table."""
+    output:
+        f"{RESULTS}/config.yaml",
+    params:
+        config=config,
+    log:
+        f"{RESULTS}/logs/snapshot_config.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/snapshot_config.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=2,
+    script:
+        "../scripts/snapshot_config.py"

@@ -104,5 +104,6 @@ def test_end_to_end_on_the_test_config(tmp_path):
         "gather_influence": 1,
         "pairs": 1,
         "synthesize_final": 1,  # montessori only: self_instruct's teacher is untouched
+        "snapshot_config": 1,
         "all": 1,
     }
