@@ -23,6 +23,10 @@ lint: $(STAMP)
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --quiet rules
 
+# The pipeline, then Snakemake's HTML report (plots, table1) of it.
+report: run
+	$(BIN)/snakemake --report results/report.html
+
 bench-influence: $(STAMP)
 	$(BIN)/python benchmarks/influence.py
 

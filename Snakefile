@@ -1,6 +1,7 @@
 # Montessori-Instruct (ICLR 2025) as a data-lineage pipeline. Read top to bottom, the includes are the paper's
 # figure: seeds -> teacher synthesis -> student warm-up -> local influence -> preference pairs -> teacher DPO,
-# iterated; then each method's teacher writes its final training set.
+# iterated; then each method's teacher writes its final training set, a student learns from it, and the
+# benchmarks score every student.
 import os
 import sys
 
@@ -27,9 +28,14 @@ include: "rules/warmup.smk"
 include: "rules/influence.smk"
 include: "rules/pairs.smk"
 include: "rules/dpo.smk"
+include: "rules/sft.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         f"{RESULTS}/config.yaml",
         expand(f"{RESULTS}/final/{{method}}/train.parquet", method=config["final"]["methods"]),
+        eval_targets(),
+        REPORT_TARGETS,

@@ -42,9 +42,11 @@ def start_job(snakemake: Any) -> logging.Logger:
     )
     # Quiet the HF hub: compute nodes are often air-gapped, and every model we load is on disk.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import torch
-
-    torch.set_num_threads(max(1, int(snakemake.threads)))
+    # Most scripts have imported torch (through the library) by now; the others should not pay for importing it.
+    threads = str(max(1, int(snakemake.threads)))
+    os.environ["OMP_NUM_THREADS"] = threads
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
     logger = logging.getLogger(f"montessori.{name}")
     logger.info("rule %s, wildcards %s, threads %s", name, dict(snakemake.wildcards), snakemake.threads)
     return logger

@@ -8,7 +8,7 @@ ITERATIONS = list(range(1, config["iterations"] + 1))
 
 wildcard_constraints:
     iteration=r"[1-9][0-9]*",
-    method="|".join(config["final"]["methods"]),
+    method="|".join(["no_finetune", *config["final"]["methods"]]),
     model=r"[a-z0-9][a-z0-9.-]*",
 
 
@@ -56,3 +56,48 @@ def synthesis_params(stage, candidates_per_prompt, n_prompts=None, n_examples=No
         "synthesis": config["synthesis"],
         "generation": generation_params(),
     }
+
+
+LM_EVAL_BENCHMARKS = ["arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu"]
+# Judgments are cached across jobs and experiments, keyed by judge and prompt: a rerun never re-pays them.
+JUDGE_CACHE = "results/judge_cache.sqlite"
+VENDORED_ALPACA_EVAL_REFERENCE = "data/alpaca_eval/gpt4_1106_preview_model_outputs.json"
+
+
+def student_path(method):
+    """no_finetune is the untouched student; the other methods' students are fine-tuned on their final set."""
+    if method == "no_finetune":
+        return model_path(config["models"]["student"])
+    return f"{RESULTS}/final/{method}/student"
+
+
+def student_input(method):
+    return model_input(config["models"]["student"]) if method == "no_finetune" else [student_path(method)]
+
+
+def alpaca_eval_reference(method):
+    """The paper compares every student with the Self-Instruct student; the option is AlpacaEval 2's GPT-4."""
+    if config["eval"]["alpaca_eval"]["reference"] == "gpt4_1106_preview":
+        return VENDORED_ALPACA_EVAL_REFERENCE
+    return f"{RESULTS}/eval/self_instruct/alpaca_eval_outputs.json"
+
+
+def judge_params():
+    """The judge section as montessori.judges takes it; a local judge's model resolved like any model entry."""
+    judge = dict(config["eval"]["judge"])
+    if judge["kind"] == "local":
+        judge["model"] = model_path(judge["model"])
+    return judge
+
+
+def judge_input():
+    judge = config["eval"]["judge"]
+    return model_input(judge["model"]) if judge["kind"] == "local" else []
+
+
+def eval_targets():
+    return expand(
+        f"{RESULTS}/eval/{{method}}/{{benchmark}}.json",
+        method=config["eval"]["methods"],
+        benchmark=config["eval"]["benchmarks"],
+    )

@@ -7,10 +7,11 @@ from montessori.io import write_parquet
 from montessori.jobs import start_job
 
 log = start_job(snakemake)
+# Snakemake numbers scatter items 1..N; shard_of counts from 0.
 shard, n_shards = (int(x) for x in snakemake.wildcards.scatteritem.split("-of-"))
 cfg = snakemake.params.influence
 candidates = pd.read_parquet(snakemake.input.candidates)
-candidates = shard_of(candidates[candidates["verdict"] == "ok"], shard, n_shards)
+candidates = shard_of(candidates[candidates["verdict"] == "ok"], shard - 1, n_shards)
 log.info("shard %d of %d: %d candidates", shard, n_shards, len(candidates))
 student = Path(snakemake.input.student)
 engine = InfluenceEngine(

@@ -1,0 +1,375 @@
+"""Every experiment under results/ in one DuckDB file that the plain duckdb CLI can open.
+
+Tables carry the pipeline's lineage ids plus an `experiment` column, so a final training example can be followed
+back to its teacher prompt, seeds and teacher iteration, and an iteration candidate to its influence and pairs.
+The views (queries/views.sql) answer the project's standing questions: table1, lineage, siblings, costs,
+contamination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from montessori.contamination import find_matches, load_benchmarks
+from montessori.io import DataError
+
+VIEWS_SQL = Path(__file__).resolve().parent.parent / "queries" / "views.sql"
+
+# Table -> column -> DuckDB type. Columns before the pipeline's own come from the file's place under results/.
+TABLES: dict[str, dict[str, str]] = {
+    "experiments": {"experiment": "VARCHAR", "config": "VARCHAR", "config_hash": "VARCHAR", "iterations": "INTEGER"},
+    "seeds": {
+        "experiment": "VARCHAR", "seed_id": "VARCHAR", "seed_text": "VARCHAR", "source": "VARCHAR",
+        "source_index": "BIGINT",
+    },
+    "reference": {"experiment": "VARCHAR", "reference_id": "VARCHAR", "instruction": "VARCHAR", "response": "VARCHAR"},
+    # method is set only for final candidates: the methods share their candidate ids (same seeds, stage "final").
+    "candidates": {
+        "experiment": "VARCHAR", "method": "VARCHAR", "candidate_id": "VARCHAR", "prompt_id": "VARCHAR",
+        "stage": "VARCHAR", "iteration": "INTEGER", "teacher": "VARCHAR", "seed_ids": "VARCHAR[]",
+        "n_generated_in_context": "INTEGER", "prompt": "VARCHAR", "raw_output": "VARCHAR", "instruction": "VARCHAR",
+        "response": "VARCHAR", "prompt_tokens": "INTEGER", "output_tokens": "INTEGER", "response_tokens": "INTEGER",
+        "verdict": "VARCHAR", "rouge_l": "DOUBLE",
+    },
+    "influence": {
+        "experiment": "VARCHAR", "iteration": "INTEGER", "candidate_id": "VARCHAR", "prompt_id": "VARCHAR",
+        "loss_before": "DOUBLE", "loss_null_step": "DOUBLE", "loss_after": "DOUBLE",
+        "influence_before_step": "DOUBLE", "influence_null_step": "DOUBLE", "influence": "DOUBLE",
+        "baseline": "VARCHAR", "shard": "INTEGER",
+    },
+    "pairs": {
+        "experiment": "VARCHAR", "iteration": "INTEGER", "pair_id": "VARCHAR", "prompt_id": "VARCHAR",
+        "prompt": "VARCHAR", "chosen": "VARCHAR", "rejected": "VARCHAR", "chosen_candidate_id": "VARCHAR",
+        "rejected_candidate_id": "VARCHAR", "chosen_influence": "DOUBLE", "rejected_influence": "DOUBLE",
+    },
+    "train_sets": {
+        "experiment": "VARCHAR", "method": "VARCHAR", "candidate_id": "VARCHAR", "prompt_id": "VARCHAR",
+        "stage": "VARCHAR", "iteration": "INTEGER", "teacher": "VARCHAR", "seed_ids": "VARCHAR[]",
+        "instruction": "VARCHAR", "response": "VARCHAR",
+    },
+    # iteration: the teacher iteration of the method's final teacher (NULL for no_finetune, which has none).
+    # headline: the metric the benchmark reports as its score. `limit` is an SQL keyword, hence item_limit.
+    "eval_scores": {
+        "experiment": "VARCHAR", "method": "VARCHAR", "iteration": "INTEGER", "benchmark": "VARCHAR",
+        "metric": "VARCHAR", "value": "DOUBLE", "headline": "BOOLEAN", "n_items": "INTEGER", "judge": "VARCHAR",
+        "source": "VARCHAR", "item_limit": "INTEGER", "model": "VARCHAR",
+    },
+    # One row per run of a Snakemake benchmark file (a `repeat()` benchmark has several).
+    "jobs": {
+        "experiment": "VARCHAR", "rule": "VARCHAR", "wildcards": "VARCHAR", "run": "INTEGER", "seconds": "DOUBLE",
+        "max_rss_mb": "DOUBLE", "cpu_seconds": "DOUBLE", "io_in_mb": "DOUBLE", "io_out_mb": "DOUBLE",
+        "mean_load": "DOUBLE",
+    },
+    "contamination_matches": {
+        "experiment": "VARCHAR", "source": "VARCHAR", "item_id": "VARCHAR", "benchmark": "VARCHAR",
+        "benchmark_index": "INTEGER", "match": "VARCHAR",
+    },
+    "contamination_benchmarks": {"benchmark": "VARCHAR", "n_prompts": "INTEGER", "ngram": "INTEGER", "note": "VARCHAR"},
+}  # fmt: skip
+
+# Table -> files under results/EXPERIMENT/ -> the constant columns their path gives (groups of the pattern).
+PARQUET_SOURCES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "seeds": [(r"pool/seeds\.parquet", ())],
+    "reference": [(r"pool/reference\.parquet", ())],
+    "candidates": [
+        (r"warmup/candidates\.parquet", ()),
+        (r"iter[0-9]+/candidates\.parquet", ()),
+        (r"final/([^/]+)/candidates\.parquet", ("method",)),
+    ],
+    "influence": [(r"iter([0-9]+)/influence\.parquet", ("iteration",))],
+    "pairs": [(r"iter([0-9]+)/pairs\.parquet", ("iteration",))],
+    "train_sets": [(r"final/([^/]+)/train\.parquet", ("method",))],
+}
+EVAL_BENCHMARKS = ("alpaca_eval", "mt_bench", "arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu")
+# eval/METHOD/ also holds inputs of the evaluations (e.g. alpaca_eval_outputs.json): only score files match.
+EVAL_PATTERN = rf"eval/([^/]+)/({'|'.join(EVAL_BENCHMARKS)})\.json"
+JOBS_PATTERN = r"benchmarks/.+\.tsv"
+CONFIG_FILE = "config.yaml"
+# A subfolder of results/ is an experiment when it holds one of these (results/ also holds the database).
+_MARKERS = re.compile(r"config\.yaml|pool|warmup|iter[0-9]+|final|eval|benchmarks")
+
+
+def experiment_dirs(results_dir: str | Path) -> list[Path]:
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return []
+    return sorted(
+        d for d in results_dir.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and any(_MARKERS.fullmatch(c.name) for c in d.iterdir())
+    )  # fmt: skip
+
+
+def _experiment_files(experiment_dir: Path) -> list[str]:
+    """Paths (relative to the experiment) of the files build_database reads."""
+    patterns = [p for sources in PARQUET_SOURCES.values() for p, _ in sources]
+    patterns += [EVAL_PATTERN, JOBS_PATTERN, CONFIG_FILE]
+    relative = (p.relative_to(experiment_dir).as_posix() for p in experiment_dir.rglob("*") if p.is_file())
+    return sorted(r for r in relative if any(re.fullmatch(p, r) for p in patterns))
+
+
+def source_files(results_dir: str | Path) -> list[Path]:
+    """Every file build_database reads, in a stable order."""
+    return [d / r for d in experiment_dirs(results_dir) for r in _experiment_files(d)]
+
+
+def rule_inputs(
+    results_dir: str | Path, experiment: str, outputs: list[str], downstream_rules: tuple[str, ...] = ()
+) -> list[str]:
+    """The aggregate rule's inputs: this experiment's `outputs` (written by the DAG) plus every file the database
+    reads that the DAG does not write, globbed now, so a change to any of them rebuilds the database.
+
+    Left out: this experiment's benchmark TSVs (they change only when their job reruns, which rebuilds the
+    database anyway, and listing them would change the input set between two runs), and every experiment's
+    TSVs of `downstream_rules`, the rules that read the database (they would make two experiments rebuild it
+    in turn). This experiment's eval files stay in, beside those of `outputs`: a benchmark no longer in the
+    config keeps its old scores in the database, and a change to them rebuilds it.
+    """
+    untracked = []
+    for experiment_dir in experiment_dirs(results_dir):
+        for relative in _experiment_files(experiment_dir):
+            top, _, rest = relative.partition("/")
+            if top == "benchmarks" and rest.split("/")[0].removesuffix(".tsv") in downstream_rules:
+                continue
+            if experiment_dir.name == experiment and top != "eval":
+                continue
+            untracked.append(str(experiment_dir / relative))
+    return sorted(set(outputs) | set(untracked))
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of canonical JSON: key order and YAML layout do not change the hash."""
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+
+
+def canonical_json(config: Any) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for table, columns in TABLES.items():
+        body = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
+        con.execute(f"CREATE TABLE {table} ({body})")
+
+
+def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    frame = pd.DataFrame(rows, columns=list(TABLES[table]))
+    con.register("incoming", frame)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+    finally:
+        con.unregister("incoming")
+
+
+def _insert_parquet(con: duckdb.DuckDBPyConnection, table: str, path: Path, constants: dict[str, Any]) -> None:
+    """The table's columns of one Parquet file (extra columns are ignored, missing ones are an error).
+
+    Columns that any path pattern of the table supplies (experiment, method, iteration) come from `constants`
+    or stay NULL (warm-up and iteration candidates have no method).
+    """
+    present = set(pq.read_schema(path).names)
+    from_path = {"experiment", *(n for _, names in PARQUET_SOURCES[table] for n in names)}
+    wanted = [c for c in TABLES[table] if c not in from_path]
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        has = ", ".join(sorted(present))
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} needed for table {table} (has: {has})")
+    select = ", ".join([f'? AS "{c}"' for c in constants] + [f'"{c}"' for c in wanted])
+    con.execute(f"INSERT INTO {table} BY NAME SELECT {select} FROM read_parquet(?)", [*constants.values(), str(path)])
+
+
+def _load_config(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: expected a mapping of config keys, got {type(config).__name__}")
+    return config
+
+
+def teacher_iteration(method: str, config: dict[str, Any] | None, train: Path) -> int | None:
+    """Which teacher wrote the method's final set: its train.parquet says so; else the pipeline's rule."""
+    if train.exists():
+        iterations = pd.read_parquet(train, columns=["iteration"])["iteration"].dropna().unique()
+        if len(iterations) == 1:
+            return int(iterations[0])
+    if method == "self_instruct":
+        return 0
+    if method == "montessori" and config is not None and "iterations" in config:
+        return int(config["iterations"])
+    return None
+
+
+def _number(value: Any, path: Path, key: str, kind: type = float) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise DataError(f"{path}: {key} must be {'an integer' if kind is int else 'a number'} or null, got {value!r}")
+    return kind(value)
+
+
+def _label(value: Any) -> str | None:
+    """A text cell; a judge described by an object (model, endpoint, ...) is kept as its JSON."""
+    return value if value is None or isinstance(value, str) else canonical_json(value)
+
+
+def eval_rows(path: Path, experiment: str, method: str, iteration: int | None) -> list[dict[str, Any]]:
+    """One row per metric of an eval JSON; the headline is the metric whose value is the file's `score`."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(result, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(result).__name__}")
+    scores = result.get("scores", {})
+    if not isinstance(scores, dict):
+        raise DataError(f"{path}: 'scores' must be an object of metric -> number")
+    if "score" not in result:
+        raise DataError(f"{path}: missing key 'score' (the headline number; has: {', '.join(sorted(result))})")
+    score = _number(result["score"], path, "score")
+    values = {metric: _number(v, path, f"scores.{metric}") for metric, v in scores.items()}
+    # A file may name its headline metric; otherwise it is the first metric equal to the score.
+    headline = result.get("metric") if result.get("metric") in values else None
+    headline = headline or next((m for m, v in values.items() if v == score), None)
+    if headline is None:
+        values, headline = {**values, "score": score}, "score"
+    common = {
+        "experiment": experiment,
+        "method": method,
+        "iteration": iteration,
+        # The path names the benchmark as the DAG does (the file's own name for it may differ, e.g. gpqa_diamond).
+        "benchmark": path.stem,
+        "n_items": _number(result.get("n_items"), path, "n_items", int),
+        "judge": _label(result.get("judge")),
+        "source": _label(result.get("source")),
+        "item_limit": _number(result.get("limit"), path, "limit", int),
+        "model": _label(result.get("model")),
+    }
+    return [{**common, "metric": m, "value": v, "headline": m == headline} for m, v in values.items()]
+
+
+def job_rows(path: Path, experiment_dir: Path) -> list[dict[str, Any]]:
+    """The runs of one Snakemake benchmark TSV; benchmarks/RULE/WILDCARDS.tsv or benchmarks/RULE.tsv."""
+    parts = path.relative_to(experiment_dir / "benchmarks").with_suffix("").parts
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{path}: not a Snakemake benchmark TSV ({e})") from None
+    if "s" not in table.columns:
+        raise DataError(f"{path}: no column 's' (seconds); has: {', '.join(table.columns)}")
+
+    def column(name: str) -> list[float | None]:
+        # Snakemake writes "NA" or "-" where it could not measure.
+        values = pd.to_numeric(table[name], errors="coerce") if name in table else [math.nan] * len(table)
+        return [None if math.isnan(v) else float(v) for v in values]
+
+    columns = {"seconds": "s", "max_rss_mb": "max_rss", "cpu_seconds": "cpu_time", "io_in_mb": "io_in",
+               "io_out_mb": "io_out", "mean_load": "mean_load"}  # fmt: skip
+    measured = {ours: column(theirs) for ours, theirs in columns.items()}
+    where = {"experiment": experiment_dir.name, "rule": parts[0], "wildcards": "/".join(parts[1:])}
+    return [{**where, "run": run, **{c: v[run] for c, v in measured.items()}} for run in range(len(table))]
+
+
+def _load_experiment(con: duckdb.DuckDBPyConnection, experiment_dir: Path) -> None:
+    experiment = experiment_dir.name
+    config = _load_config(experiment_dir / CONFIG_FILE)
+    _insert_rows(con, "experiments", [{
+        "experiment": experiment,
+        "config": canonical_json(config) if config is not None else None,
+        "config_hash": config_hash(config) if config is not None else None,
+        "iterations": config.get("iterations") if config is not None else None,
+    }])  # fmt: skip
+    files = _experiment_files(experiment_dir)
+    for table, sources in PARQUET_SOURCES.items():
+        for pattern, names in sources:
+            for relative in files:
+                match = re.fullmatch(pattern, relative)
+                if match:
+                    from_path = {n: int(v) if n == "iteration" else v for n, v in zip(names, match.groups())}
+                    constants = {"experiment": experiment, **from_path}
+                    _insert_parquet(con, table, experiment_dir / relative, constants)
+    scores = []
+    for relative in files:
+        match = re.fullmatch(EVAL_PATTERN, relative)
+        if match:
+            method = match.group(1)
+            iteration = teacher_iteration(method, config, experiment_dir / "final" / method / "train.parquet")
+            scores += eval_rows(experiment_dir / relative, experiment, method, iteration)
+    _insert_rows(con, "eval_scores", scores)
+    jobs = [row for r in files if re.fullmatch(JOBS_PATTERN, r) for row in job_rows(experiment_dir / r, experiment_dir)]
+    _insert_rows(con, "jobs", jobs)
+
+
+def _load_contamination(con: duckdb.DuckDBPyConnection, data_dir: Path, ngram: int) -> None:
+    indexes = load_benchmarks(data_dir, ngram)
+    _insert_rows(con, "contamination_benchmarks", [
+        {"benchmark": i.benchmark, "n_prompts": i.n_prompts, "ngram": ngram, "note": i.note} for i in indexes
+    ])  # fmt: skip
+    sources = {
+        "reference": "SELECT experiment, reference_id, instruction FROM reference",
+        "seeds": "SELECT experiment, seed_id, seed_text FROM seeds",
+    }
+    rows = []
+    for source, sql in sources.items():
+        by_experiment: dict[str, list[tuple[str, str]]] = {}
+        for experiment, item_id, text in con.execute(sql + " ORDER BY ALL").fetchall():
+            by_experiment.setdefault(experiment, []).append((item_id, text))
+        for experiment, items in by_experiment.items():
+            for index in indexes:
+                rows += [
+                    {"experiment": experiment, "source": source, "benchmark": index.benchmark, **match}
+                    for match in find_matches(items, index, ngram)
+                ]
+    _insert_rows(con, "contamination_matches", rows)
+
+
+def build_database(
+    results_dir: str | Path, out_path: str | Path, data_dir: str | Path = "data", ngram: int = 8,
+    threads: int | None = None,
+) -> dict[str, int]:
+    """Load every experiment under `results_dir` into a fresh DuckDB file at `out_path`; rows per table.
+
+    The file is built beside `out_path` and moved over it at the end, so readers never see half a database.
+    `data_dir` holds the benchmark files of the contamination check; `ngram` is its near-duplicate n.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    _remove_database(tmp)
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            if threads is not None:
+                con.execute(f"SET threads = {int(threads)}")
+            _create_tables(con)
+            for experiment_dir in experiment_dirs(results_dir):
+                _load_experiment(con, experiment_dir)
+            _load_contamination(con, Path(data_dir), ngram)
+            con.execute(VIEWS_SQL.read_text(encoding="utf-8"))
+            counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in TABLES}
+        finally:
+            con.close()
+        os.replace(tmp, out_path)
+    finally:
+        _remove_database(tmp)
+    return counts
+
+
+def _remove_database(path: Path) -> None:
+    for leftover in (path, path.with_name(path.name + ".wal")):
+        leftover.unlink(missing_ok=True)

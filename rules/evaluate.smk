@@ -1,0 +1,112 @@
+# The paper's table: every student (untouched, Self-Instruct, Montessori) on every benchmark. lm-eval runs the
+# multiple-choice and math sets; AlpacaEval 2 and MT-Bench are judged by the configured LLM judge.
+
+
+rule lm_eval:
+    input:
+        student=lambda wc: student_input(wc.method),
+    output:
+        f"{RESULTS}/eval/{{method}}/{{benchmark}}.json",
+    wildcard_constraints:
+        benchmark="|".join(LM_EVAL_BENCHMARKS),
+    params:
+        model=lambda wc: student_path(wc.method),
+        num_fewshot=lambda wc: config["eval"]["num_fewshot"][wc.benchmark],
+        limit=lambda wc: config["eval"]["limit"][wc.benchmark],
+        eval=config["eval"],
+        generation=generation_params(),
+    log:
+        f"{RESULTS}/logs/lm_eval/{{method}}-{{benchmark}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lm_eval/{{method}}-{{benchmark}}.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    script:
+        "../scripts/lm_eval.py"
+
+
+rule alpaca_eval_outputs:
+    """The student's answers to the AlpacaEval instructions (also the reference of the other methods)."""
+    input:
+        student=lambda wc: student_input(wc.method),
+    output:
+        f"{RESULTS}/eval/{{method}}/alpaca_eval_outputs.json",
+    params:
+        model=lambda wc: student_path(wc.method),
+        limit=config["eval"]["limit"]["alpaca_eval"],
+        max_tokens=config["eval"]["alpaca_eval"]["max_tokens"],
+        eval=config["eval"],
+        generation=generation_params(),
+    log:
+        f"{RESULTS}/logs/alpaca_eval_outputs/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/alpaca_eval_outputs/{{method}}.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    script:
+        "../scripts/alpaca_eval_outputs.py"
+
+
+rule alpaca_eval:
+    input:
+        outputs=f"{RESULTS}/eval/{{method}}/alpaca_eval_outputs.json",
+        reference=lambda wc: alpaca_eval_reference(wc.method),
+        judge=judge_input(),
+    output:
+        f"{RESULTS}/eval/{{method}}/alpaca_eval.json",
+    params:
+        limit=config["eval"]["limit"]["alpaca_eval"],
+        judge=judge_params(),
+        cache=JUDGE_CACHE,
+    log:
+        f"{RESULTS}/logs/alpaca_eval/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/alpaca_eval/{{method}}.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    script:
+        "../scripts/alpaca_eval.py"
+
+
+rule mt_bench:
+    input:
+        student=lambda wc: student_input(wc.method),
+        judge=judge_input(),
+    output:
+        f"{RESULTS}/eval/{{method}}/mt_bench.json",
+    params:
+        model=lambda wc: student_path(wc.method),
+        limit=config["eval"]["limit"]["mt_bench"],
+        max_tokens=config["eval"]["mt_bench"]["max_tokens"],
+        judge=judge_params(),
+        cache=JUDGE_CACHE,
+        eval=config["eval"],
+        generation=generation_params(),
+    log:
+        f"{RESULTS}/logs/mt_bench/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mt_bench/{{method}}.tsv"
+    conda:
+        "../envs/montessori.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    script:
+        "../scripts/mt_bench.py"

@@ -1,0 +1,21 @@
+from montessori.benchmarks.lm_eval_tasks import run_benchmark
+from montessori.evaluate import eval_record
+from montessori.io import write_json
+from montessori.jobs import start_job
+
+log = start_job(snakemake)
+cfg = snakemake.params.eval
+result = run_benchmark(
+    snakemake.params.model,
+    snakemake.wildcards.benchmark,
+    num_fewshot=snakemake.params.num_fewshot,
+    limit=snakemake.params.limit,
+    source=cfg["source"],
+    backend=cfg["backend"],
+    batch_size=cfg["batch_size"],
+    dtype=snakemake.params.generation["dtype"],
+    vllm_kv_cache_gib=snakemake.params.generation["vllm_kv_cache_gib"],
+)
+record = eval_record(snakemake.wildcards.method, result)
+write_json(record, snakemake.output[0])
+log.info("%s %s: %s", snakemake.wildcards.method, snakemake.wildcards.benchmark, record["scores"])

@@ -1,0 +1,27 @@
+from montessori.benchmarks.mt_bench import run_mt_bench
+from montessori.evaluate import eval_record
+from montessori.generate import load_generator
+from montessori.io import write_json
+from montessori.jobs import start_job
+from montessori.judges import judge_config, open_judge
+
+log = start_job(snakemake)
+generation = snakemake.params.generation
+generator = load_generator(
+    snakemake.params.model,
+    backend=snakemake.params.eval["backend"],
+    batch_size=snakemake.params.eval["batch_size"],
+    dtype=generation["dtype"],
+    vllm_kv_cache_gib=generation["vllm_kv_cache_gib"],
+    vllm_gpu_memory_utilization=generation["vllm_gpu_memory_utilization"],
+    seed=generation["seed"],
+)
+with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as judge:
+    result = run_mt_bench(
+        generator, judge, limit=snakemake.params.limit, max_tokens=snakemake.params.max_tokens,
+        seed=generation["seed"],
+    )  # fmt: skip
+generator.close()
+record = eval_record(snakemake.wildcards.method, result)
+write_json(record, snakemake.output[0])
+log.info("%s mt_bench: %s", snakemake.wildcards.method, record["scores"])
