@@ -12,14 +12,12 @@ JUDGED_METRICS = {
     "alpaca_eval": ("lc_win_rate", "win_rate", "standard_error", "lc_standard_error"),
     "mt_bench": ("score", "score_turn1", "score_turn2"),
 }
-# Our benchmark names where lm-eval's differ.
-BENCHMARK_NAMES = {"gpqa_diamond": "gpqa"}
 
 
 def eval_record(method: str, result: dict[str, Any]) -> dict[str, Any]:
     """The common fields (benchmark, method, headline score, named scores, items, judge, model, source, limit)
     first, then everything the benchmark reported under `details`."""
-    benchmark = BENCHMARK_NAMES.get(result["benchmark"], result["benchmark"])
+    benchmark = result["benchmark"]
     if benchmark in JUDGED_METRICS:
         metrics = JUDGED_METRICS[benchmark]
         scores = {m: result.get(m) for m in metrics}

@@ -1,0 +1,1 @@
+"""Benchmarks of the student, each run offline on the vendored data under data/."""
