@@ -1,0 +1,108 @@
+"""The paper's instruction filters: length, banned words, first character, and ROUGE-L novelty.
+
+RougeFilter is fast because ROUGE-L F1 of token lists a and b is 2*LCS(a, b) / (|a| + |b|), which is the
+normalized Indel similarity of the two sequences. Each distinct word is mapped to one Unicode character, so an
+instruction becomes a short string, and rapidfuzz's C++ bit-parallel LCS scores a query against the whole
+accepted set in one call (`process.extractOne`) instead of a Python dynamic programme per pair. The best
+matches are then re-scored with rouge_score's own formula from the exact LCS, because the two formulas round
+differently at the threshold (2*7/20 is 0.7 as an Indel similarity but 0.7000000000000001 as rouge_score's F).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+
+from rapidfuzz import process
+from rapidfuzz.distance import Indel, LCSseq
+
+OK = "ok"
+
+_NON_ALPHANUMERIC = re.compile(r"[^a-z0-9]+")
+_SURROGATES = range(0xD800, 0xE000)
+_MAX_WORDS = 0x110000 - len(_SURROGATES)
+# Indel similarities this close to the threshold may be equal fractions that rouge_score rounds to either side.
+# Generous, because rapidfuzz's own cutoff test is not exact to the last bits; extra matches are harmless, since
+# every match is re-scored exactly.
+_TIE = 1e-6
+
+
+def instruction_verdict(instruction: str | None, min_chars: int, max_chars: int, banned_words: list[str]) -> str:
+    """"ok", or why the (stripped) instruction fails a filter: no_instruction, too_short (at most min_chars
+    characters), too_long (more than max_chars), banned_word (a whole word or phrase of banned_words, any case),
+    bad_start (punctuation or a non-ASCII first character)."""
+    text = (instruction or "").strip()
+    if not text:
+        return "no_instruction"
+    if len(text) <= min_chars:
+        return "too_short"
+    if len(text) > max_chars:
+        return "too_long"
+    if banned_words and _banned_pattern(tuple(banned_words)).search(text):
+        return "banned_word"
+    if text[0] in string.punctuation or not text[0].isascii():
+        return "bad_start"
+    return OK
+
+
+@functools.lru_cache(maxsize=8)
+def _banned_pattern(banned_words: tuple[str, ...]) -> re.Pattern[str]:
+    if any(not word.strip() for word in banned_words):
+        raise ValueError(f"synthesis.filters.banned_words has an empty entry: {list(banned_words)!r}")
+    # Words of a phrase may be separated by any whitespace; lookarounds instead of \b so entries that begin or
+    # end with a non-word character still match only whole.
+    phrases = (r"\s+".join(map(re.escape, word.split())) for word in banned_words)
+    return re.compile(rf"(?<!\w)(?:{'|'.join(phrases)})(?!\w)", re.IGNORECASE)
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """rouge_score's tokenisation without stemming: lowercase, every run of non [a-z0-9] becomes a space, split."""
+    return _NON_ALPHANUMERIC.sub(" ", text.lower()).split()
+
+
+def _rouge_l_f(lcs: int, n: int, m: int) -> float:
+    """rouge_score's F-measure, computed in its order of operations so that it rounds identically."""
+    precision, recall = lcs / m, lcs / n
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+class RougeFilter:
+    """Accepts a text when its ROUGE-L F against every previously accepted text is at most max_rouge_l."""
+
+    def __init__(self, max_rouge_l: float) -> None:
+        self.max_rouge_l = max_rouge_l
+        self._codes: dict[str, str] = {}
+        # Texts without tokens are left out: rouge_score scores them 0 against anything, Indel would say 1.
+        self._accepted: list[str] = []
+
+    def _encode(self, text: str) -> str:
+        chars = []
+        for word in rouge_tokens(text):
+            code = self._codes.get(word)
+            if code is None:
+                index = len(self._codes)
+                if index >= _MAX_WORDS:
+                    raise ValueError(f"RougeFilter: more than {_MAX_WORDS} distinct words; use a new filter per run")
+                code = self._codes[word] = chr(index + len(_SURROGATES) if index >= _SURROGATES.start else index)
+            chars.append(code)
+        return "".join(chars)
+
+    def accept(self, text: str) -> tuple[bool, float]:
+        """(whether `text` is novel, its max ROUGE-L F against the accepted set); a novel text joins the set."""
+        query = self._encode(text)
+        score = 0.0
+        if query and self._accepted:
+            best, similarity, _ = process.extractOne(query, self._accepted, scorer=Indel.normalized_similarity)
+            matches = [best]
+            if similarity >= self.max_rouge_l - _TIE:
+                cutoff = similarity - _TIE
+                ties = process.extract(
+                    query, self._accepted, scorer=Indel.normalized_similarity, score_cutoff=cutoff, limit=None
+                )
+                matches = [match for match, _, _ in ties]
+            score = max(_rouge_l_f(LCSseq.similarity(query, m), len(query), len(m)) for m in matches)
+        novel = score <= self.max_rouge_l
+        if novel and query:
+            self._accepted.append(query)
+        return novel, score

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from montessori.prompts import choose_in_context, instruction_prompt, parse_instruction, response_prompt
+
+SEEDS = [f"seed instruction {i}" for i in range(20)]
+GENERATED = [f"generated instruction {i}" for i in range(5)]
+
+
+def test_instruction_prompt_is_one_user_turn_with_tagged_examples_in_order():
+    examples = ["  Name three fruits. ", "Sort these numbers: 3, 1, 2", "Multi\nline example"]
+    (message,) = instruction_prompt(examples)
+    assert message["role"] == "user"
+    content = message["content"]
+    tagged = ["<instruction>Name three fruits.</instruction>", "<instruction>Sort these numbers: 3, 1, 2</instruction>",
+              "<instruction>Multi\nline example</instruction>"]  # fmt: skip
+    positions = [content.index(t) for t in tagged]
+    assert positions == sorted(positions)
+    assert "{" not in content and "}" not in content
+
+
+def test_instruction_prompt_ends_with_the_output_format():
+    content = instruction_prompt(["Name three fruits."])[0]["content"]
+    last_line = content.rstrip().splitlines()[-1]
+    assert "<instruction>" in last_line and "</instruction>" in last_line
+    assert content.index("Name three fruits.") < content.rindex("<instruction>")
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Idea: a fruit question.\n<instruction> Name three red fruits. </instruction>", "Name three red fruits."),
+        ("<instruction>first</instruction> then <instruction>second</instruction> done", "second"),
+        ("<Instruction>Mixed case tags.</INSTRUCTION>", "Mixed case tags."),
+        ("<instruction>Rewrite this.\n\nThe cat sat.</instruction>", "Rewrite this.\n\nThe cat sat."),
+        ("<instruction><instruction>Doubled opening tag.</instruction>", "Doubled opening tag."),
+        ("Idea: x.\n<instruction>Unclosed at the end.\n", "Unclosed at the end."),
+        ("<instruction>old</instruction>\n<instruction>Newer, unclosed", "Newer, unclosed"),
+        ("<instruction>Fix a bike.\nIt has a flat tyre.\n\nThis task is about bikes.", "Fix a bike.\nIt has a flat tyre."),
+        ("<instruction>Fix a bike.</\n\nSure! Here is how.", "Fix a bike."),
+        ("<instruction>\n\n Fix a bike.", "Fix a bike."),
+        ("<instruction>Kept.</instruction> then <instruction>", None),
+        ("No tags at all.", None),
+        ("Only a closing tag.</instruction>", None),
+        ("<instruction>  \n </instruction>", None),
+        ("<instruction>", None),
+        ("", None),
+    ],
+)
+def test_parse_instruction(raw, expected):
+    assert parse_instruction(raw) == expected
+
+
+def test_response_prompt_is_the_instruction_alone():
+    assert response_prompt("Name three fruits.") == [{"role": "user", "content": "Name three fruits."}]
+
+
+def test_in_context_examples_are_seeds_until_enough_generations_exist():
+    rng = np.random.default_rng(0)
+    for generated in ([], GENERATED[:1]):
+        chosen = choose_in_context(SEEDS, generated, rng, k=8, k_generated=2)
+        assert len(chosen) == 8 and len(set(chosen)) == 8 and set(chosen) <= set(SEEDS)
+
+
+def test_in_context_examples_mix_seeds_and_generations_in_shuffled_order():
+    rng = np.random.default_rng(0)
+    positions = set()
+    for _ in range(20):
+        chosen = choose_in_context(SEEDS, GENERATED[:2], rng, k=8, k_generated=2)
+        assert len(chosen) == 8 and len(set(chosen)) == 8
+        assert sorted(c for c in chosen if c in GENERATED) == GENERATED[:2]
+        assert sum(c in SEEDS for c in chosen) == 6
+        positions.add(tuple(i for i, c in enumerate(chosen) if c in GENERATED))
+    assert len(positions) > 5
+
+
+def test_in_context_examples_draw_from_all_generations():
+    rng = np.random.default_rng(0)
+    drawn = {c for _ in range(30) for c in choose_in_context(SEEDS, GENERATED, rng, k=8, k_generated=2)}
+    assert set(GENERATED) <= drawn
+
+
+def test_in_context_choice_is_reproducible_and_k_generated_zero_means_seeds_only():
+    first = choose_in_context(SEEDS, GENERATED, np.random.default_rng(7), k=4, k_generated=0)
+    assert first == choose_in_context(SEEDS, GENERATED, np.random.default_rng(7), k=4, k_generated=0)
+    assert set(first) <= set(SEEDS)
+
+
+@pytest.mark.parametrize(
+    "seeds, k, k_generated, match",
+    [
+        (SEEDS[:5], 8, 2, "seed pool has 5 seeds"),
+        (SEEDS, 2, 3, "between 0 and synthesis.in_context"),
+        (SEEDS, 8, -1, "between 0 and synthesis.in_context"),
+    ],
+)
+def test_in_context_errors_name_the_config_keys(seeds, k, k_generated, match):
+    with pytest.raises(ValueError, match=match):
+        choose_in_context(seeds, GENERATED, np.random.default_rng(0), k=k, k_generated=k_generated)
