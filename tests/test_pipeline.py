@@ -1,11 +1,13 @@
 """The Snakemake workflow itself: lint, dry runs, config errors, and one real end-to-end run (configs/test.yaml)."""
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pytest
 import yaml
@@ -89,6 +91,17 @@ def test_end_to_end_on_the_test_config(tmp_path):
         train = pd.read_parquet(results / f"final/{method}/train.parquet")
         assert len(train) > 0 and train["response"].str.len().gt(0).all()
     assert pd.read_parquet(results / "final/montessori/train.parquet")["iteration"].eq(2).all()
+    for method in ("no_finetune", "self_instruct", "montessori"):
+        for benchmark in ("alpaca_eval", "mt_bench", "arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu"):
+            record = json.loads((results / f"eval/{method}/{benchmark}.json").read_text())
+            assert (record["method"], record["benchmark"]) == (method, benchmark)
+            assert record["n_items"] >= 1 and record["source"] == "offline"
+    # The Self-Instruct student against itself: ties by definition, decided without the judge.
+    assert json.loads((results / "eval/self_instruct/alpaca_eval.json").read_text())["scores"]["win_rate"] == 50.0
+    table1 = duckdb.connect(str(ROOT / "results/montessori.duckdb"), read_only=True).execute(
+        "SELECT method FROM table1 WHERE experiment = 'test' ORDER BY method"
+    ).fetchall()
+    assert [m for (m,) in table1] == ["montessori", "no_finetune", "self_instruct"]
 
     assert planned_jobs("--configfile", "configs/test.yaml") == {}
 
