@@ -2,7 +2,7 @@
 
     montessori table1                                 the paper's Table 1 for every experiment
     montessori query "SELECT * FROM costs"            any SQL, printed as an aligned table
-    montessori query queries/lineage_of_example.sql --set experiment=default --set candidate_id=final-000001
+    montessori query queries/lineage_of_example.sql --set experiment=default --set candidate_id=final-p00000-c0
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ JUDGED_METRICS = {
 }
 
 
-def eval_record(method: str, result: dict[str, Any]) -> dict[str, Any]:
+def eval_record(method: str, result: dict[str, Any], limit: int | None) -> dict[str, Any]:
     """The common fields (benchmark, method, headline score, named scores, items, judge, model, source, limit)
     first, then everything the benchmark reported under `details`."""
     benchmark = result["benchmark"]
@@ -36,7 +36,7 @@ def eval_record(method: str, result: dict[str, Any]) -> dict[str, Any]:
         "judge": result.get("judge"),
         "model": result["model"],
         "source": result.get("source", "offline"),
-        "limit": result.get("limit"),
+        "limit": limit,
         "details": {k: v for k, v in result.items() if k not in ("benchmark", "model", "judge", "n_items")},
     }
 

@@ -13,6 +13,6 @@ if snakemake.input.outputs == snakemake.input.reference:
     reference = [{**r, "generator": f"{r['generator']} (reference)"} for r in reference]
 with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as judge:
     result = run_alpaca_eval(outputs, reference, judge, limit=snakemake.params.limit)
-record = eval_record(method, result)
+record = eval_record(method, result, snakemake.params.limit)
 write_json(record, snakemake.output[0])
 log.info("%s alpaca_eval: %s", method, record["scores"])

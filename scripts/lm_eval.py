@@ -16,6 +16,6 @@ result = run_benchmark(
     dtype=snakemake.params.generation["dtype"],
     vllm_kv_cache_gib=snakemake.params.generation["vllm_kv_cache_gib"],
 )
-record = eval_record(snakemake.wildcards.method, result)
+record = eval_record(snakemake.wildcards.method, result, snakemake.params.limit)
 write_json(record, snakemake.output[0])
 log.info("%s %s: %s", snakemake.wildcards.method, snakemake.wildcards.benchmark, record["scores"])

@@ -22,6 +22,6 @@ with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as
         seed=generation["seed"],
     )  # fmt: skip
 generator.close()
-record = eval_record(snakemake.wildcards.method, result)
+record = eval_record(snakemake.wildcards.method, result, snakemake.params.limit)
 write_json(record, snakemake.output[0])
 log.info("%s mt_bench: %s", snakemake.wildcards.method, record["scores"])
