@@ -92,7 +92,7 @@ def test_end_to_end_on_the_test_config(tmp_path):
         assert len(train) > 0 and train["response"].str.len().gt(0).all()
     assert pd.read_parquet(results / "final/montessori/train.parquet")["iteration"].eq(2).all()
     for method in ("no_finetune", "self_instruct", "montessori"):
-        for benchmark in ("alpaca_eval", "mt_bench", "arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu"):
+        for benchmark in ("alpaca_eval", "mt_bench", "arc_challenge"):
             record = json.loads((results / f"eval/{method}/{benchmark}.json").read_text())
             assert (record["method"], record["benchmark"]) == (method, benchmark)
             assert record["n_items"] >= 1 and record["source"] == "offline"
@@ -121,7 +121,7 @@ def test_end_to_end_on_the_test_config(tmp_path):
         "sft_student": 1,
         "alpaca_eval_outputs": 1,
         "alpaca_eval": 1,  # montessori only: the self_instruct reference answers are unchanged
-        "lm_eval": 5,
+        "lm_eval": 1,
         "mt_bench": 1,
         "aggregate": 1,
         "plots": 1,
