@@ -318,3 +318,18 @@ def load_generator(
             seed=seed,
         )
     raise ValueError(f"generation backend {backend!r} is not one of: {', '.join(BACKENDS)}")
+
+
+def load_configured_generator(
+    model_path: str, generation: dict[str, Any], backend: str | None = None, batch_size: int | None = None
+) -> Generator:
+    """A generator set up by the config's `generation` section (plus `seed`); eval overrides backend and batch."""
+    return load_generator(
+        model_path,
+        backend=backend or generation["backend"],
+        batch_size=batch_size or generation["batch_size"],
+        dtype=generation["dtype"],
+        vllm_kv_cache_gib=generation["vllm_kv_cache_gib"],
+        vllm_gpu_memory_utilization=generation["vllm_gpu_memory_utilization"],
+        seed=generation["seed"],
+    )

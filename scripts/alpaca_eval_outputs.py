@@ -1,18 +1,12 @@
 from montessori.evaluate import answer_alpaca_eval
-from montessori.generate import load_generator
+from montessori.generate import load_configured_generator
 from montessori.io import write_json
 from montessori.jobs import start_job
 
 log = start_job(snakemake)
 generation = snakemake.params.generation
-generator = load_generator(
-    snakemake.params.model,
-    backend=snakemake.params.eval["backend"],
-    batch_size=snakemake.params.eval["batch_size"],
-    dtype=generation["dtype"],
-    vllm_kv_cache_gib=generation["vllm_kv_cache_gib"],
-    vllm_gpu_memory_utilization=generation["vllm_gpu_memory_utilization"],
-    seed=generation["seed"],
+generator = load_configured_generator(
+    snakemake.params.model, generation, snakemake.params.eval["backend"], snakemake.params.eval["batch_size"]
 )
 outputs = answer_alpaca_eval(generator, snakemake.wildcards.method, snakemake.params.limit, snakemake.params.max_tokens)
 generator.close()

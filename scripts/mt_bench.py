@@ -1,20 +1,14 @@
 from montessori.benchmarks.mt_bench import run_mt_bench
 from montessori.evaluate import eval_record
-from montessori.generate import load_generator
+from montessori.generate import load_configured_generator
 from montessori.io import write_json
 from montessori.jobs import start_job
 from montessori.judges import judge_config, open_judge
 
 log = start_job(snakemake)
 generation = snakemake.params.generation
-generator = load_generator(
-    snakemake.params.model,
-    backend=snakemake.params.eval["backend"],
-    batch_size=snakemake.params.eval["batch_size"],
-    dtype=generation["dtype"],
-    vllm_kv_cache_gib=generation["vllm_kv_cache_gib"],
-    vllm_gpu_memory_utilization=generation["vllm_gpu_memory_utilization"],
-    seed=generation["seed"],
+generator = load_configured_generator(
+    snakemake.params.model, generation, snakemake.params.eval["backend"], snakemake.params.eval["batch_size"]
 )
 with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as judge:
     result = run_mt_bench(

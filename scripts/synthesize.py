@@ -1,6 +1,6 @@
 import pandas as pd
 
-from montessori.generate import load_generator
+from montessori.generate import load_configured_generator
 from montessori.io import write_parquet
 from montessori.jobs import start_job
 from montessori.synthesize import SynthesisPlan, synthesize, training_set
@@ -16,15 +16,7 @@ plan = SynthesisPlan(
     n_examples=params["n_examples"],
 )
 seeds = pd.read_parquet(snakemake.input.seeds)
-generator = load_generator(
-    snakemake.params.teacher,
-    backend=generation["backend"],
-    batch_size=generation["batch_size"],
-    dtype=generation["dtype"],
-    vllm_kv_cache_gib=generation["vllm_kv_cache_gib"],
-    vllm_gpu_memory_utilization=generation["vllm_gpu_memory_utilization"],
-    seed=generation["seed"],
-)
+generator = load_configured_generator(snakemake.params.teacher, generation)
 candidates = synthesize(generator, seeds, plan, params["synthesis"], generation["batch_size"], generation["seed"])
 generator.close()
 write_parquet(candidates, snakemake.output[0])
