@@ -42,7 +42,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--naive-reference-batch-size", type=int, default=8, help="the original code's eval batch size")
     parser.add_argument("--lr", type=float, default=5e-6)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a busy machine")
+    # One thread: with two, every operator waits for a sibling thread that other jobs on a shared machine can
+    # deschedule, and timings then measure the neighbours more than the procedures.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 0 keeps torch's default")
     parser.add_argument(
         "--references",
         type=Path,
