@@ -187,7 +187,7 @@ def test_tasks_source_maps_every_benchmark_to_a_known_task(ours, builtin):
 def test_run_benchmark_rejects_bad_arguments(tiny_model_dir):
     with pytest.raises(ValueError, match="benchmark 'mt_bench'"):
         run_benchmark(tiny_model_dir, "mt_bench", 0, 1)
-    with pytest.raises(ValueError, match="gpqa_diamond: num_fewshot must be 0"):
+    with pytest.raises(ValueError, match="gpqa: num_fewshot must be 0"):
         run_benchmark(tiny_model_dir, "gpqa", 5, 1)
     with pytest.raises(ValueError, match="backend 'tgi'"):
         run_benchmark(tiny_model_dir, "arc_challenge", 0, 1, backend="tgi")
