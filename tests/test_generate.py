@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,8 +9,6 @@ from montessori.generate import (
     resolve_dtype,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-SMOLLM2_DIR = ROOT / "resources" / "models" / "smollm2-135m-instruct"
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Name a colour."}],
@@ -166,9 +162,8 @@ def test_hf_presence_penalty_reduces_repeated_tokens(hf):
     assert distinct_share(2.0) > distinct_share(0.0) + 0.5
 
 
-@pytest.mark.skipif(not (SMOLLM2_DIR / "config.json").exists(), reason="SmolLM2 not built yet")
-def test_hf_stops_at_eos_and_strips_special_tokens():
-    generator = load_generator(str(SMOLLM2_DIR), backend="hf")
+def test_hf_stops_at_eos_and_strips_special_tokens(smollm2_dir):
+    generator = load_generator(str(smollm2_dir), backend="hf")
     try:
         (completions,) = generator.generate(CONVERSATIONS[2:], Sampling(temperature=0, max_tokens=24))
     finally:
