@@ -1,8 +1,26 @@
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A handful of short instruction/response pairs: enough for a student warm-up step in the tests.
+TOY_EXAMPLES = pd.DataFrame(
+    {
+        "instruction": [
+            "Name a primary colour.",
+            "What is two plus two?",
+            "Give a synonym for happy.",
+            "Translate 'cat' into French.",
+            "Name a planet.",
+            "What is the opposite of hot?",
+            "Spell the word house backwards.",
+            "Name a fruit that is yellow.",
+        ],
+        "response": ["Red.", "Four.", "Joyful.", "Chat.", "Mars.", "Cold.", "esuoh", "A banana."],
+    }
+)
 
 
 @pytest.fixture(scope="session")

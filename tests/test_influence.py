@@ -8,23 +8,9 @@ from transformers import AutoTokenizer
 
 from montessori.influence import SCORE_COLUMNS, InfluenceEngine, gather, shard_of
 from montessori.student import IGNORE_INDEX, encode_example, load_model, load_optimizer, warm_up
+from tests.conftest import TOY_EXAMPLES as WARM_UP
 
 MAX_LENGTH = 80
-WARM_UP = pd.DataFrame(
-    {
-        "instruction": [
-            "Name a primary colour.",
-            "What is two plus two?",
-            "Give a synonym for happy.",
-            "Translate 'cat' into French.",
-            "Name a planet.",
-            "What is the opposite of hot?",
-            "Spell the word house backwards.",
-            "Name a fruit that is yellow.",
-        ],
-        "response": ["Red.", "Four.", "Joyful.", "Chat.", "Mars.", "Cold.", "esuoh", "A banana."],
-    }
-)
 REFERENCES = pd.DataFrame(
     {
         "reference_id": ["r1", "r2", "r3", "r4"],

@@ -13,22 +13,8 @@ from montessori.student import (
     load_optimizer,
     warm_up,
 )
+from tests.conftest import TOY_EXAMPLES as EXAMPLES
 
-EXAMPLES = pd.DataFrame(
-    {
-        "instruction": [
-            "Name a primary colour.",
-            "What is two plus two?",
-            "Give a synonym for happy.",
-            "Translate 'cat' into French.",
-            "Name a planet.",
-            "What is the opposite of hot?",
-            "Spell the word house backwards.",
-            "Name a fruit that is yellow.",
-        ],
-        "response": ["Red.", "Four.", "Joyful.", "Chat.", "Mars.", "Cold.", "esuoh", "A banana."],
-    }
-)
 MAX_LENGTH = 64
 
 
