@@ -4,6 +4,9 @@ from montessori.models import BUILTIN_MODELS
 
 RESULTS = f"results/{config['experiment']}"
 ITERATIONS = list(range(1, config["iterations"] + 1))
+# The teacher loop (synthesis, warm-up, influence, pairs, DPO) is the long critical path; the untouched
+# student's evaluations are ready from the start. Ready loop jobs go first, evaluations fill idle cores.
+LOOP_PRIORITY = 1
 
 
 wildcard_constraints:

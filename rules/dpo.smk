@@ -17,6 +17,7 @@ rule dpo_teacher:
         f"{RESULTS}/benchmarks/dpo_teacher/iter{{iteration}}.tsv"
     conda:
         "../envs/montessori.yaml"
+    priority: LOOP_PRIORITY
     threads: 2
     resources:
         mem_mb=16000,

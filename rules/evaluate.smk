@@ -1,5 +1,7 @@
 # The paper's table: every student (untouched, Self-Instruct, Montessori) on every benchmark. lm-eval runs the
 # multiple-choice and math sets; AlpacaEval 2 and MT-Bench are judged by the configured LLM judge.
+# One thread each: on a few CPU cores two single-thread evaluations side by side finish sooner than one after
+# the other with two threads (model loading and Python overhead do not parallelise); on a GPU it is moot.
 
 
 rule lm_eval:
@@ -21,7 +23,7 @@ rule lm_eval:
         f"{RESULTS}/benchmarks/lm_eval/{{method}}-{{benchmark}}.tsv"
     conda:
         "../envs/montessori.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=720,
@@ -48,7 +50,7 @@ rule alpaca_eval_outputs:
         f"{RESULTS}/benchmarks/alpaca_eval_outputs/{{method}}.tsv"
     conda:
         "../envs/montessori.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=720,
@@ -74,7 +76,7 @@ rule alpaca_eval:
         f"{RESULTS}/benchmarks/alpaca_eval/{{method}}.tsv"
     conda:
         "../envs/montessori.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=720,
@@ -103,7 +105,7 @@ rule mt_bench:
         f"{RESULTS}/benchmarks/mt_bench/{{method}}.tsv"
     conda:
         "../envs/montessori.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=720,

@@ -13,6 +13,7 @@ rule pairs:
         f"{RESULTS}/benchmarks/pairs/iter{{iteration}}.tsv"
     conda:
         "../envs/montessori.yaml"
+    priority: LOOP_PRIORITY
     threads: 1
     resources:
         mem_mb=1000,

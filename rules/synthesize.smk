@@ -19,6 +19,7 @@ rule synthesize_warmup:
         f"{RESULTS}/benchmarks/synthesize_warmup.tsv"
     conda:
         "../envs/montessori.yaml"
+    priority: LOOP_PRIORITY
     threads: 2
     resources:
         mem_mb=8000,
@@ -48,6 +49,7 @@ rule synthesize_iteration:
         f"{RESULTS}/benchmarks/synthesize_iteration/iter{{iteration}}.tsv"
     conda:
         "../envs/montessori.yaml"
+    priority: LOOP_PRIORITY
     threads: 2
     resources:
         mem_mb=8000,
@@ -75,6 +77,7 @@ rule synthesize_final:
         f"{RESULTS}/benchmarks/synthesize_final/{{method}}.tsv"
     conda:
         "../envs/montessori.yaml"
+    priority: LOOP_PRIORITY
     threads: 2
     resources:
         mem_mb=8000,

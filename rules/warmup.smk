@@ -18,6 +18,7 @@ rule warmup_student:
         f"{RESULTS}/benchmarks/warmup_student.tsv"
     conda:
         "../envs/montessori.yaml"
+    priority: LOOP_PRIORITY
     threads: 2
     resources:
         mem_mb=8000,
