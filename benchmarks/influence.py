@@ -77,6 +77,7 @@ def padded(example: dict[str, list[int]], width: int, pad_token_id: int) -> dict
 
 def full_logit_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-example mean label loss from the logits of every position, padding included."""
+    batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["labels"][:, 1:]
     sums = torch.stack(

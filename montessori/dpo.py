@@ -21,6 +21,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from montessori.io import atomic_path
+from montessori.precision import default_device, trains_in_bf16
 from montessori.schedule import WsdSteps, optimizer_steps, wsd_steps
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def _summary(trainer, train_output, n_pairs: int, plan: WsdSteps, lora: bool, se
         "reward_accuracy": mean_of("rewards/accuracies"),
         "reward_margin": mean_of("rewards/margins"),
         "lora": lora,
+        "bf16": trainer.args.bf16,
         "seconds": round(seconds, 2),
         "history": history,
     }
@@ -101,11 +103,13 @@ def train_teacher(
     schedule: Mapping[str, float],
     lora: Mapping[str, Any],
     seed: int,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """DPO-train the teacher at `teacher_path` on `pairs`; write the updated teacher to `out_dir`; return a summary.
 
     `max_length` bounds prompt + completion tokens: longer completions are cut at the end, and a pair whose prompt
-    alone fills it is dropped (it would leave nothing to learn from). `out_dir` appears only once training and
+    alone fills it is dropped (it would leave nothing to learn from). `precision` (auto, bf16, fp32) picks bf16
+    autocast or plain float32 (montessori.precision.trains_in_bf16). `out_dir` appears only once training and
     saving have succeeded, and then holds only the model and tokenizer files.
     """
     from trl import DPOConfig, DPOTrainer
@@ -136,8 +140,9 @@ def train_teacher(
             max_length=max_length,
             lr_scheduler_type="warmup_stable_decay",
             disable_dropout=not lora["enabled"],
-            # bf16 autocast on CPU is slow and lossy; keep fp32 unless a GPU supports bf16.
-            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            bf16=trains_in_bf16(precision, default_device()),
+            # transformers refuses bf16 without a GPU unless the CPU is named as the device.
+            use_cpu=default_device().type == "cpu",
             fp16=False,
             # Recomputing activations costs ~20% more time; the teachers this runs on fit in memory without it.
             gradient_checkpointing=False,

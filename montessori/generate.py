@@ -18,10 +18,11 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from montessori.precision import resolve_dtype
+
 Conversation = list[dict[str, str]]
 
 BACKENDS = ("hf", "vllm")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -75,17 +76,6 @@ def check_conversations(conversations: list[Conversation]) -> None:
     for index, conversation in enumerate(conversations):
         if not conversation:
             raise ValueError(f"conversation {index} has no messages; every conversation needs at least one")
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is float32 on CPU (bf16 matmuls are slow and lossy there) and bfloat16 on GPUs that support it."""
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def _free_memory() -> None:

@@ -58,6 +58,12 @@ def read_records(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; it replaces `path` only if the block finishes without error."""
@@ -65,11 +71,13 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide models from other users of a shared cluster filesystem
     else:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+    # mkdtemp/mkstemp create 0700/0600, which would hide results from the other users of a shared cluster
+    # filesystem; give the output the mode a plain open() or mkdir() would (the umask decides).
+    tmp.chmod((0o777 if is_dir else 0o666) & ~_umask())
     try:
         yield tmp
         if is_dir and path.exists():

@@ -402,7 +402,7 @@ class VLLMServer:
     ):
         import torch
 
-        from montessori.generate import resolve_dtype
+        from montessori.precision import dtype_name
 
         self.model_path = str(model_path)
         self.model_name = Path(model_path).name
@@ -416,7 +416,7 @@ class VLLMServer:
             "--served-model-name", self.model_name,
             "--host", "127.0.0.1",
             "--port", str(self.port),
-            "--dtype", str(resolve_dtype(dtype, device)).removeprefix("torch."),
+            "--dtype", dtype_name(dtype, device),
             "--seed", "0",
         ]  # fmt: skip
         if device.type == "cpu":

@@ -15,6 +15,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from montessori.io import atomic_path
+from montessori.precision import default_device, trains_in_bf16
 from montessori.schedule import optimizer_steps, wsd_steps
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,12 @@ def train_student(
     max_length: int,
     schedule: Mapping[str, float],
     seed: int,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Fine-tune the student on `train` (instruction, response) and save a plain HF model dir to `out_dir`.
 
     `batch_size` is the effective batch; it is reached by gradient accumulation over `micro_batch_size`.
+    `precision` (auto, bf16, fp32) picks bf16 autocast or plain float32 (montessori.precision.trains_in_bf16).
     """
     from trl import SFTConfig, SFTTrainer
 
@@ -82,7 +85,9 @@ def train_student(
                 "min_lr_ratio": schedule["min_lr_ratio"],
             },
             weight_decay=0.0,
-            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            bf16=trains_in_bf16(precision, default_device()),
+            # transformers refuses bf16 without a GPU unless the CPU is named as the device.
+            use_cpu=default_device().type == "cpu",
             seed=seed,
             data_seed=seed,
             save_strategy="no",
@@ -104,6 +109,7 @@ def train_student(
         "schedule": {"warmup": steps.warmup, "stable": steps.stable, "decay": steps.decay},
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
+        "bf16": args.bf16,
         "seconds": round(time.monotonic() - started, 2),
     }
     log.info("student SFT: %s", summary)

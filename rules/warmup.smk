@@ -19,7 +19,7 @@ rule warmup_student:
     conda:
         "../envs/montessori.yaml"
     priority: LOOP_PRIORITY
-    threads: 2
+    threads: LOOP_THREADS
     resources:
         mem_mb=8000,
         runtime=240,

@@ -18,5 +18,6 @@ summary = train_teacher(
     schedule=cfg["schedule"],
     lora=cfg["lora"],
     seed=snakemake.params.seed,
+    precision=cfg["precision"],
 )
 log.info("teacher DPO: %s", summary)

@@ -1,8 +1,8 @@
 import pandas as pd
 
-from montessori.influence import gather
 from montessori.io import write_parquet
 from montessori.jobs import start_job
+from montessori.shards import gather
 
 log = start_job(snakemake)
 influence = gather([pd.read_parquet(path) for path in snakemake.input])

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from montessori.influence import InfluenceEngine, shard_of
+from montessori.influence import InfluenceEngine
+from montessori.shards import shard_of
 from montessori.io import write_parquet
 from montessori.jobs import start_job
 

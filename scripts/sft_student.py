@@ -16,4 +16,5 @@ train_student(
     max_length=cfg["max_length"],
     schedule=cfg["schedule"],
     seed=snakemake.params.seed,
+    precision=cfg["precision"],
 )

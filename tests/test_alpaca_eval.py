@@ -78,6 +78,15 @@ def test_offline_length_control_removes_a_pure_length_preference(tmp_path):
     assert metrics["n_total"] == 60
 
 
+def test_a_model_against_itself_ties_on_both_win_rates(tmp_path):
+    annotations = synthetic_annotations(3)
+    annotations["output_2"] = annotations["output_1"]
+    annotations["preference"] = 1.5
+    metrics = winrates(annotations, gamed_file=tmp_path / "absent.csv")
+    assert metrics["win_rate"] == 50 and metrics["length_controlled_winrate"] == 50
+    assert "identical" in metrics["lc_note"]
+
+
 def test_length_control_needs_enough_valid_preferences(tmp_path):
     annotations = synthetic_annotations(6)
     annotations.loc[:1, "preference"] = np.nan

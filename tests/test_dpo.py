@@ -62,9 +62,11 @@ def train(tiny_model_dir, out_dir, pairs, **overrides):
     return train_teacher(tiny_model_dir, pairs, out_dir, **options)
 
 
-def test_one_full_dpo_step_changes_the_teacher(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_full_dpo_step_changes_the_teacher(tiny_model_dir, tmp_path, precision):
     out_dir = tmp_path / "teacher1"
-    summary = train(tiny_model_dir, out_dir, fake_pairs(2))
+    summary = train(tiny_model_dir, out_dir, fake_pairs(2), precision=precision)
+    assert summary["bf16"] is (precision == "bf16")
     assert summary["steps"] == 1
     assert summary["schedule"] == {"warmup": 0, "stable": 1, "decay": 0}
     assert summary["pairs_trained"] == 2

@@ -302,7 +302,8 @@ def vllm_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.mark.vllm
 def test_vllm_server_judge_and_openai_client_agree_with_hf(vllm_model_dir, tmp_path):
     conversations = [QUESTION, OTHER_QUESTION]
-    local = JudgeConfig(kind="local", model=str(vllm_model_dir), max_tokens=5, concurrency=2)
+    # float32: the logprobs of both engines are compared to 1e-3, which bf16 kernels of either do not reach.
+    local = JudgeConfig(kind="local", model=str(vllm_model_dir), max_tokens=5, concurrency=2, dtype="float32")
     with open_judge(local, tmp_path / "vllm.sqlite") as judge:
         served = judge.judge_many(conversations, top_logprobs=3)
         server = judge.backend.server
@@ -314,7 +315,7 @@ def test_vllm_server_judge_and_openai_client_agree_with_hf(vllm_model_dir, tmp_p
             assert client.n_requests == 2
         process = server.process
     assert server.process is None and process.poll() is not None and not server.log_path.exists()
-    hf = JudgeConfig(kind="local", model=str(vllm_model_dir), local_backend="hf", max_tokens=5)
+    hf = JudgeConfig(kind="local", model=str(vllm_model_dir), local_backend="hf", max_tokens=5, dtype="float32")
     with open_judge(hf, tmp_path / "hf.sqlite") as judge:
         in_process = judge.judge_many(conversations, top_logprobs=3)
     assert [j.text for j in served] == [j.text for j in through_client] == [j.text for j in in_process]

@@ -43,7 +43,7 @@ def test_lint_is_clean():
 def test_dry_run_of_default_config_schedules_the_whole_loop():
     jobs = planned_jobs("--config", "experiment=dryrun-default")
     assert jobs["synthesize_iteration"] == 2 and jobs["dpo_teacher"] == 2
-    assert jobs["influence_shard"] == 2 * 2  # 2 iterations x 2 shards (config.yaml)
+    assert jobs["influence_shard"] == 2 * 1  # 2 iterations x 1 shard (config.yaml)
     assert jobs["synthesize_final"] == 2  # self_instruct and montessori
 
 

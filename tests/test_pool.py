@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pandas as pd
 import pytest
@@ -83,3 +85,16 @@ def test_failed_write_leaves_no_partial_output(tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
     write_parquet(pd.DataFrame({"a": [1]}), target)
     assert pd.read_parquet(target)["a"].tolist() == [1]
+
+
+def test_atomic_outputs_get_the_umask_mode_not_the_temp_files_private_one(tmp_path):
+    # Shared cluster filesystems: other users must be able to read results written through atomic_path.
+    old = os.umask(0o022)
+    try:
+        write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "table.parquet")
+        with atomic_path(tmp_path / "model", is_dir=True) as tmp:
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "table.parquet").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755

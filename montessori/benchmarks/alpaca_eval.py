@@ -209,6 +209,7 @@ def winrates(annotations: pd.DataFrame, gamed_file: Path | None = GAMED_FILE) ->
     `length_controlled_minimal` GLM (length term + intercept, fit on these annotations alone): comparable between
     our own runs, not with leaderboard LC numbers. `lc_glm` records which one; it is None with a reason when the
     GLM cannot be fit (fewer valid preferences than its 5 cross-validation folds, or outputs of equal length).
+    Outputs identical to the reference throughout are a tie by definition: both win rates are 50.
     """
     from alpaca_eval.metrics import get_winrate, glm_winrate
 
@@ -216,6 +217,11 @@ def winrates(annotations: pd.DataFrame, gamed_file: Path | None = GAMED_FILE) ->
     n_folds = glm_winrate.GLM_INFO[glm]["kwargs"]["n_splits"]
     valid = annotations["preference"].notna()
     delta_length = annotations["output_1"].str.len() - annotations["output_2"].str.len()
+    if (annotations["output_1"] == annotations["output_2"]).all():
+        # A model against itself (the Self-Instruct row of the paper's table, its own reference): every pair is a
+        # tie, so the length-controlled win rate is 50 by definition; a GLM would have no length term to fit.
+        tie = {"length_controlled_winrate": 50.0, "lc_standard_error": 0.0, "lc_glm": None}
+        return {**get_winrate(annotations), **tie, "lc_note": "outputs identical to the reference: a tie by definition"}
     reason = None
     if glm == LC_GLM_OFFLINE and valid.sum() < n_folds:
         reason = f"{valid.sum()} valid preferences, the GLM needs at least {n_folds}"

