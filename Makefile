@@ -9,10 +9,10 @@ CORES ?= 2
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint dryrun report bench-influence bench-rouge lock clean-results
+.PHONY: run test lint dryrun report bench-influence bench-rouge slurm-check lock clean-results
 
 run: $(STAMP)
-	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
@@ -32,6 +32,13 @@ bench-influence: $(STAMP)
 
 bench-rouge: $(STAMP)
 	$(BIN)/python benchmarks/rouge_filter.py
+
+# profiles/slurm on a real Slurm: starts a one-node Slurm here (as root; apt-get installs it the first time),
+# then runs seeds -> synthesis -> warm-up -> influence shards -> gather of configs/test.yaml as sbatch jobs and
+# checks each one (tests/slurm/). About 10 minutes; not part of `make test` or CI.
+slurm-check: $(STAMP)
+	bash tests/slurm/local_slurm.sh
+	$(BIN)/python tests/slurm/check_profile.py
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "montessori needs Python 3.11 (set PYTHON=...)"'
