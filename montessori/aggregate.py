@@ -21,8 +21,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
+from montessori import methods
 from montessori.contamination import find_matches, load_benchmarks
 from montessori.io import DataError
+from montessori.methods import MONTESSORI
 
 VIEWS_SQL = Path(__file__).resolve().parent.parent / "queries" / "views.sql"
 
@@ -203,16 +205,19 @@ def _load_config(path: Path) -> dict[str, Any] | None:
 
 
 def teacher_iteration(method: str, config: dict[str, Any] | None, train: Path) -> int | None:
-    """Which teacher wrote the method's final set: its train.parquet says so; else the pipeline's rule."""
+    """Which teacher wrote the method's final set: its train.parquet says so; else the method's name does
+    (montessori's teacher_K needs the run's config; an unknown method or K stays NULL)."""
     if train.exists():
         iterations = pd.read_parquet(train, columns=["iteration"])["iteration"].dropna().unique()
         if len(iterations) == 1:
             return int(iterations[0])
-    if method == "self_instruct":
-        return 0
-    if method == "montessori" and config is not None and "iterations" in config:
-        return int(config["iterations"])
-    return None
+    known_k = config is not None and "iterations" in config
+    if method == MONTESSORI and not known_k:
+        return None
+    try:
+        return methods.teacher_iteration(method, int(config["iterations"]) if known_k else 0)
+    except ValueError:
+        return None
 
 
 def _number(value: Any, path: Path, key: str, kind: type = float) -> Any:

@@ -13,6 +13,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from montessori.methods import method_errors
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
 
@@ -73,7 +75,8 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> 
     """Fill defaults into `config` (in place, and return it) or raise ConfigError listing every problem."""
     schema = load_schema(schema_path)
     errors = sorted(_DefaultingValidator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n".join(f"  - {_describe(e, schema)}" for e in errors)
+    problems = [_describe(e, schema) for e in errors] if errors else method_errors(config)
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
         raise ConfigError(f"invalid config ({schema_path.name}):\n{lines}")
     return config

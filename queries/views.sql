@@ -4,7 +4,8 @@
 -- table1: the paper's Table 1 layout. One row per experiment x method x teacher iteration (no_finetune has no
 -- teacher: NULL); AlpacaEval 2 LC win rate and win rate, MT-Bench score (1-10), then the headline metric of each
 -- lm-eval benchmark (ARC-Challenge acc_norm, GSM8K exact_match, HellaSwag acc_norm, GPQA acc, MMLU acc).
--- A NULL cell means that evaluation has not been run.
+-- A NULL cell means that evaluation has not been run. The student of an earlier teacher (method montessori_itI in
+-- the DAG, see montessori/methods.py) is the montessori row of iteration I, as the paper's it1 beside it2.
 CREATE OR REPLACE VIEW table1 AS
 SELECT
     experiment,
@@ -18,7 +19,7 @@ SELECT
     max(value) FILTER (WHERE benchmark = 'hellaswag' AND headline) AS hellaswag,
     max(value) FILTER (WHERE benchmark IN ('gpqa', 'gpqa_diamond') AND headline) AS gpqa,
     max(value) FILTER (WHERE benchmark = 'mmlu' AND headline) AS mmlu
-FROM eval_scores
+FROM (SELECT * REPLACE (regexp_replace(method, '_it[0-9]+$', '') AS method) FROM eval_scores)
 GROUP BY experiment, method, iteration
 ORDER BY
     experiment,

@@ -1,5 +1,6 @@
 import os
 
+from montessori.methods import teacher_iteration
 from montessori.models import BUILTIN_MODELS
 
 RESULTS = f"results/{config['experiment']}"
@@ -48,7 +49,8 @@ def teacher_input(iteration):
 
 
 def final_teacher_iteration(method):
-    return config["iterations"] if method == "montessori" else 0
+    """self_instruct: teacher_0; montessori: teacher_K; montessori_itI: teacher_I (montessori/methods.py)."""
+    return teacher_iteration(method, config["iterations"])
 
 
 def generation_params():

@@ -3,6 +3,8 @@
 # One thread each: on a few CPU cores two one-thread evaluations side by side finish 15-30% sooner than one
 # after the other on two threads (model loading and Python overhead do not parallelise). They only fill cores
 # the teacher loop leaves idle: every loop job takes two threads (see LOOP_THREADS in rules/common.smk).
+# Params hold only the config keys a job reads, so adding a method or changing one benchmark's limit reruns just
+# the evaluations it concerns.
 
 
 rule lm_eval:
@@ -16,7 +18,9 @@ rule lm_eval:
         model=lambda wc: student_path(wc.method),
         num_fewshot=lambda wc: config["eval"]["num_fewshot"][wc.benchmark],
         limit=lambda wc: config["eval"]["limit"][wc.benchmark],
-        eval=config["eval"],
+        source=config["eval"]["source"],
+        backend=config["eval"]["backend"],
+        batch_size=config["eval"]["batch_size"],
         generation=generation_params(),
     log:
         f"{RESULTS}/logs/lm_eval/{{method}}-{{benchmark}}.log",
@@ -43,7 +47,8 @@ rule alpaca_eval_outputs:
         model=lambda wc: student_path(wc.method),
         limit=config["eval"]["limit"]["alpaca_eval"],
         max_tokens=config["eval"]["alpaca_eval"]["max_tokens"],
-        eval=config["eval"],
+        backend=config["eval"]["backend"],
+        batch_size=config["eval"]["batch_size"],
         generation=generation_params(),
     log:
         f"{RESULTS}/logs/alpaca_eval_outputs/{{method}}.log",
@@ -98,7 +103,8 @@ rule mt_bench:
         max_tokens=config["eval"]["mt_bench"]["max_tokens"],
         judge=judge_params(),
         cache=JUDGE_CACHE,
-        eval=config["eval"],
+        backend=config["eval"]["backend"],
+        batch_size=config["eval"]["batch_size"],
         generation=generation_params(),
     log:
         f"{RESULTS}/logs/mt_bench/{{method}}.log",

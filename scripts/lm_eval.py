@@ -4,15 +4,14 @@ from montessori.io import write_json
 from montessori.jobs import start_job
 
 log = start_job(snakemake)
-cfg = snakemake.params.eval
 result = run_benchmark(
     snakemake.params.model,
     snakemake.wildcards.benchmark,
     num_fewshot=snakemake.params.num_fewshot,
     limit=snakemake.params.limit,
-    source=cfg["source"],
-    backend=cfg["backend"],
-    batch_size=cfg["batch_size"],
+    source=snakemake.params.source,
+    backend=snakemake.params.backend,
+    batch_size=snakemake.params.batch_size,
     dtype=snakemake.params.generation["dtype"],
     vllm_kv_cache_gib=snakemake.params.generation["vllm_kv_cache_gib"],
 )

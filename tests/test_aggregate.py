@@ -66,9 +66,12 @@ def _eval(path: Path, benchmark: str, method: str, value: float) -> None:
 
 
 def write_experiment(results: Path, experiment: str, iterations: int, with_config: bool) -> None:
-    """A finished (tiny) run: pool, warm-up, K iterations with influence and pairs, both final sets, evals."""
+    """A finished (tiny) run: pool, warm-up, K iterations with influence and pairs, the final sets of teacher_0,
+    teacher_K and (K > 1) teacher_1, evals."""
     root = results / experiment
-    for folder in ("pool", "warmup", "final/self_instruct", "final/montessori"):
+    # method -> the teacher iteration that writes its final set
+    teachers = {"self_instruct": 0, **({"montessori_it1": 1} if iterations > 1 else {}), "montessori": iterations}
+    for folder in ("pool", "warmup", *(f"final/{method}" for method in teachers)):
         (root / folder).mkdir(parents=True, exist_ok=True)
     if with_config:
         (root / "config.yaml").write_text(yaml.safe_dump({"experiment": experiment, "iterations": iterations}))
@@ -103,7 +106,7 @@ def write_experiment(results: Path, experiment: str, iterations: int, with_confi
         }).to_parquet(folder / "pairs.parquet")  # fmt: skip
         for shard in (1, 2):
             _benchmark_tsv(root / f"benchmarks/influence_shard/iter{iteration}-{shard}-of-2.tsv", 10.0, 300.0)
-    for method, teacher in (("self_instruct", 0), ("montessori", iterations)):
+    for method, teacher in teachers.items():
         final = pd.DataFrame([
             _candidate(experiment, "final", teacher, "q0", 0, ["s0", "s2"]),
             _candidate(experiment, "final", teacher, "q1", 0, ["s7"]),
@@ -113,9 +116,11 @@ def write_experiment(results: Path, experiment: str, iterations: int, with_confi
         _benchmark_tsv(root / f"benchmarks/synthesize_final/{method}.tsv", 30.0, 900.0)
     _benchmark_tsv(root / "benchmarks/pool_seeds.tsv", 1.5, 100.0)
     benchmarks = ["alpaca_eval", "mt_bench", *LM_EVAL_METRICS] if with_config else ["alpaca_eval", "gsm8k"]
-    for offset, method in enumerate(("no_finetune", "self_instruct", "montessori")):
+    # no_finetune 40, self_instruct 50, montessori 60, montessori_it1 55
+    values = {"no_finetune": 40.0, "self_instruct": 50.0, "montessori_it1": 55.0, "montessori": 60.0}
+    for method in ("no_finetune", *teachers):
         for benchmark in benchmarks:
-            _eval(root / f"eval/{method}/{benchmark}.json", benchmark, method, 40.0 + 10 * offset)
+            _eval(root / f"eval/{method}/{benchmark}.json", benchmark, method, values[method])
         # An input of the AlpacaEval job, beside the score files: not a score.
         (root / f"eval/{method}/alpaca_eval_outputs.json").write_text('[{"instruction": "i", "output": "o"}]')
 
@@ -176,10 +181,10 @@ def test_tables_hold_both_experiments_with_lineage(built):
     _, db, counts = built
     per_experiment = query(db, "SELECT experiment, count(*) AS n FROM influence GROUP BY ALL ORDER BY ALL")
     assert per_experiment.to_dict("list") == {"experiment": ["alpha", "beta"], "n": [10, 5]}
-    assert counts["candidates"] == (1 + 2 * 6 + 2 * 2) + (1 + 6 + 2 * 2)
+    assert counts["candidates"] == (1 + 2 * 6 + 3 * 2) + (1 + 6 + 2 * 2)
     final = query(db, "SELECT method, count(*) AS n FROM candidates WHERE stage = 'final' AND experiment = 'alpha' "
                       "GROUP BY ALL ORDER BY ALL")  # fmt: skip
-    assert final.to_dict("list") == {"method": ["montessori", "self_instruct"], "n": [2, 2]}
+    assert final.to_dict("list") == {"method": ["montessori", "montessori_it1", "self_instruct"], "n": [2, 2, 2]}
     pairs = query(db, "SELECT iteration, count(*) AS n FROM pairs WHERE experiment = 'alpha' GROUP BY ALL ORDER BY ALL")
     assert pairs.to_dict("list") == {"iteration": [1, 2], "n": [2, 2]}
     seed_ids = query(db, "SELECT seed_ids FROM train_sets WHERE experiment = 'beta' AND method = 'montessori' "
@@ -201,6 +206,7 @@ def test_eval_scores_are_long_with_teacher_iteration_and_headline(built):
     scores = query(db, "SELECT * FROM eval_scores WHERE experiment = 'alpha'")
     iterations = scores.groupby("method")["iteration"].first()
     assert pd.isna(iterations["no_finetune"]) and iterations["self_instruct"] == 0 and iterations["montessori"] == 2
+    assert iterations["montessori_it1"] == 1
     alpaca = scores[(scores["benchmark"] == "alpaca_eval") & (scores["method"] == "montessori")].set_index("metric")
     assert alpaca.loc["lc_win_rate", "headline"] and not alpaca.loc["win_rate", "headline"]
     assert alpaca.loc["win_rate", "value"] == 60.0 and alpaca.loc["win_rate", "judge"] == "judge-model"
@@ -215,14 +221,16 @@ def test_table1_has_the_paper_layout(built):
         "experiment", "method", "iteration", "alpaca_eval_lc_win_rate", "alpaca_eval_win_rate", "mt_bench",
         "arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu",
     ]  # fmt: skip
-    assert list(zip(table1["experiment"], table1["method"])) == [
-        ("alpha", "no_finetune"), ("alpha", "self_instruct"), ("alpha", "montessori"),
-        ("beta", "no_finetune"), ("beta", "self_instruct"), ("beta", "montessori"),
+    # The earlier teacher's student is the montessori row of iteration 1, as the paper's it1 beside it2.
+    assert list(zip(table1["experiment"], table1["method"], table1["iteration"].fillna(-1))) == [
+        ("alpha", "no_finetune", -1), ("alpha", "self_instruct", 0), ("alpha", "montessori", 1),
+        ("alpha", "montessori", 2), ("beta", "no_finetune", -1), ("beta", "self_instruct", 0), ("beta", "montessori", 1),
     ]  # fmt: skip
-    alpha_montessori = table1.iloc[2]
+    assert table1.iloc[2]["alpaca_eval_win_rate"] == 55.0
+    alpha_montessori = table1.iloc[3]
     assert alpha_montessori["iteration"] == 2 and alpha_montessori["alpaca_eval_lc_win_rate"] == 61.0
     assert alpha_montessori["mt_bench"] == 60.0 and alpha_montessori["gpqa"] == 60.0
-    beta_montessori = table1.iloc[5]
+    beta_montessori = table1.iloc[6]
     assert beta_montessori["iteration"] == 1 and beta_montessori["gsm8k"] == 60.0
     assert math.isnan(beta_montessori["mmlu"])
 
@@ -230,7 +238,7 @@ def test_table1_has_the_paper_layout(built):
 def test_lineage_follows_final_examples_to_seeds_teacher_and_influence(built):
     _, db, _ = built
     lineage = query(db, "SELECT * FROM lineage WHERE experiment = 'alpha' ORDER BY method, candidate_id")
-    assert len(lineage) == 4
+    assert len(lineage) == 6
     row = lineage[(lineage["method"] == "montessori") & (lineage["candidate_id"] == "final-q0-0")].iloc[0]
     assert row["teacher_iteration"] == 2 and row["prompt_id"] == "final-q0"
     assert list(row["seed_ids"]) == ["s0", "s2"] and list(row["seed_texts"]) == [SEEDS[0], SEEDS[2]]
@@ -370,7 +378,7 @@ def test_cli_query_table1_and_missing_database(built, capsys, tmp_path):
     assert lines[0].split() == ["experiment", "n"] and lines[2].split() == ["alpha", "8"] and len(lines) == 4
     assert main(["table1", "--db", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "alpaca_eval_lc_win_rate" in out and out.count("montessori") == 2
+    assert "alpaca_eval_lc_win_rate" in out and out.count("montessori") == 3  # alpha it1, it2; beta it1
     settings = ["--set", "experiment=alpha", "--set", "method=montessori", "--set", "candidate_id=final-q0-0"]
     assert main(["query", str(ROOT / "queries" / "lineage_of_example.sql"), "--db", str(db), *settings]) == 0
     assert "final-q0-0" in capsys.readouterr().out

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from montessori.config import ConfigError, load_schema, validate_config
+from montessori.methods import teacher_iteration
 from tests.conftest import ROOT
 
 
@@ -75,3 +76,42 @@ def test_every_schema_property_is_documented_or_obvious():
     for name, prop in schema["properties"].items():
         assert "default" in prop, name
     assert validate_config(copy.deepcopy({})) == validate_config({})
+
+
+def test_an_earlier_teacher_is_a_method_of_its_own():
+    config = validate_config({"final": {"methods": ["self_instruct", "montessori_it1", "montessori"]},
+                              "eval": {"methods": ["no_finetune", "montessori_it1", "montessori"]}})  # fmt: skip
+    assert config["final"]["methods"][1] == "montessori_it1"
+
+
+@pytest.mark.parametrize(
+    ("methods", "expected"),
+    [
+        (["self_instruct", "montessori_it2"], "'montessori_it2', but teacher_2 is teacher_K, i.e. montessori"),
+        (["self_instruct", "montessori_it3"], "teacher_3 is never trained (iterations: 2)"),
+        (["self_instruct", "montessori_x"], "'final.methods.1'"),
+    ],
+)
+def test_a_method_without_its_teacher_is_named(methods, expected):
+    with pytest.raises(ConfigError) as e:
+        validate_config({"iterations": 2, "final": {"methods": methods}, "eval": {"methods": ["no_finetune"]}})
+    assert expected in str(e.value)
+
+
+def test_an_evaluated_method_needs_its_final_set_and_alpaca_eval_its_reference():
+    with pytest.raises(ConfigError) as e:
+        validate_config({"final": {"methods": ["montessori"]}})
+    message = str(e.value)
+    assert "'eval.methods' has 'self_instruct', which has no final training set" in message
+    assert "'eval.alpaca_eval.reference' is 'self_instruct'" in message
+    # Against the vendored GPT-4 outputs no Self-Instruct student is needed.
+    validate_config({"final": {"methods": ["montessori"]}, "eval": {"methods": ["no_finetune", "montessori"],
+                     "alpaca_eval": {"reference": "gpt4_1106_preview"}}})  # fmt: skip
+
+
+def test_each_method_names_its_teacher():
+    assert [teacher_iteration(m, 3) for m in ("no_finetune", "self_instruct", "montessori_it2", "montessori")] == [
+        None, 0, 2, 3,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown method 'montessori_it0'"):
+        teacher_iteration("montessori_it0", 3)

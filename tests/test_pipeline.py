@@ -24,9 +24,9 @@ def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def planned_jobs(*args: str) -> dict[str, int]:
-    """Rule -> job count of a dry run."""
-    out = snakemake("-n", "--quiet", "rules", *args).stdout
+def planned_jobs(*args: str, targets: tuple[str, ...] = ()) -> dict[str, int]:
+    """Rule -> job count of a dry run (of `targets`, else of rule all)."""
+    out = snakemake(*targets, "-n", "--quiet", "rules", *args).stdout
     jobs = {}
     for line in out.split("Job stats:")[-1].splitlines():
         match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
@@ -47,9 +47,21 @@ def test_dry_run_of_default_config_schedules_the_whole_loop():
     assert jobs["synthesize_final"] == 2  # self_instruct and montessori
 
 
+def test_an_earlier_teacher_writes_its_own_final_set():
+    methods = ["final={methods: [self_instruct, montessori_it1, montessori]}",
+               "eval={methods: [no_finetune, self_instruct, montessori_it1, montessori]}"]  # fmt: skip
+    jobs = planned_jobs("--config", "experiment=dryrun-it1", *methods)
+    assert jobs["synthesize_final"] == 3 and jobs["sft_student"] == 3
+    # teacher_1's final set needs iteration 1 only: no second synthesis, influence or DPO.
+    target = "results/dryrun-it1/final/montessori_it1/train.parquet"
+    jobs = planned_jobs("--config", "experiment=dryrun-it1", *methods, targets=(target,))
+    assert jobs["synthesize_iteration"] == 1 and jobs["dpo_teacher"] == 1 and jobs["synthesize_final"] == 1
+
+
 def test_paper_config_dry_run():
     jobs = planned_jobs("--configfile", "configs/paper.yaml", "--config", "experiment=dryrun-paper")
     assert jobs["influence_shard"] == 2 * 16
+    assert jobs["synthesize_final"] == 3 and jobs["sft_student"] == 3  # self_instruct, it1, it2
     assert "build_model" not in jobs  # hub ids: nothing to build
 
 
@@ -128,3 +140,19 @@ def test_end_to_end_on_the_test_config(tmp_path):
         "table1": 1,
         "all": 1,
     }
+
+    # Evaluation jobs hold only the config keys they read: one benchmark's limit reruns that benchmark only, and
+    # a new method (teacher_1's student) adds its own jobs without touching the others.
+    report = {"snapshot_config": 1, "aggregate": 1, "plots": 1, "table1": 1, "all": 1}
+    changed = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
+    changed["eval"]["limit"]["arc_challenge"] = 3
+    changed_path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    assert planned_jobs("--configfile", str(changed_path)) == {"lm_eval": 3, **report}
+    changed = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
+    changed["final"]["methods"] = ["self_instruct", "montessori_it1", "montessori"]
+    changed["eval"]["methods"] = ["no_finetune", "self_instruct", "montessori_it1", "montessori"]
+    changed_path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    assert planned_jobs("--configfile", str(changed_path)) == {
+        "synthesize_final": 1, "sft_student": 1, "alpaca_eval_outputs": 1, "alpaca_eval": 1, "lm_eval": 1,
+        "mt_bench": 1, **report,
+    }  # fmt: skip
