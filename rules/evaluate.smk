@@ -27,7 +27,7 @@ rule lm_eval:
     benchmark:
         f"{RESULTS}/benchmarks/lm_eval/{{method}}-{{benchmark}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=16000,
@@ -55,7 +55,7 @@ rule alpaca_eval_outputs:
     benchmark:
         f"{RESULTS}/benchmarks/alpaca_eval_outputs/{{method}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=16000,
@@ -81,7 +81,7 @@ rule alpaca_eval:
     benchmark:
         f"{RESULTS}/benchmarks/alpaca_eval/{{method}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=16000,
@@ -111,7 +111,7 @@ rule mt_bench:
     benchmark:
         f"{RESULTS}/benchmarks/mt_bench/{{method}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=16000,

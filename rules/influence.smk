@@ -17,7 +17,7 @@ rule influence_shard:
     benchmark:
         f"{RESULTS}/benchmarks/influence_shard/iter{{iteration}}-{{scatteritem}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
@@ -38,7 +38,7 @@ rule gather_influence:
     benchmark:
         f"{RESULTS}/benchmarks/gather_influence/iter{{iteration}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:

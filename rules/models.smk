@@ -10,7 +10,7 @@ rule build_model:
     benchmark:
         "resources/benchmarks/build_model/{model}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 2
     resources:
         mem_mb=4000,

@@ -12,7 +12,7 @@ rule pairs:
     benchmark:
         f"{RESULTS}/benchmarks/pairs/iter{{iteration}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:

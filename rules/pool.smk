@@ -14,7 +14,7 @@ rule pool_seeds:
     benchmark:
         f"{RESULTS}/benchmarks/pool_seeds.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
@@ -36,7 +36,7 @@ rule reference_set:
     benchmark:
         f"{RESULTS}/benchmarks/reference_set.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
@@ -57,7 +57,7 @@ rule snapshot_config:
     benchmark:
         f"{RESULTS}/benchmarks/snapshot_config.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=500,

@@ -48,7 +48,7 @@ rule aggregate:
     benchmark:
         "results/benchmarks/aggregate.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=4000,
@@ -72,7 +72,7 @@ rule plots:
     benchmark:
         f"{RESULTS}/benchmarks/plots.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -92,7 +92,7 @@ rule table1:
     benchmark:
         f"{RESULTS}/benchmarks/table1.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=1000,

@@ -16,7 +16,7 @@ rule sft_student:
     benchmark:
         f"{RESULTS}/benchmarks/sft_student/{{method}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     threads: 2
     resources:
         mem_mb=16000,

@@ -18,7 +18,7 @@ rule synthesize_warmup:
     benchmark:
         f"{RESULTS}/benchmarks/synthesize_warmup.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
@@ -48,7 +48,7 @@ rule synthesize_iteration:
     benchmark:
         f"{RESULTS}/benchmarks/synthesize_iteration/iter{{iteration}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
@@ -76,7 +76,7 @@ rule synthesize_final:
     benchmark:
         f"{RESULTS}/benchmarks/synthesize_final/{{method}}.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:

@@ -17,7 +17,7 @@ rule warmup_student:
     benchmark:
         f"{RESULTS}/benchmarks/warmup_student.tsv"
     conda:
-        "../envs/montessori.yaml"
+        CONDA_ENV
     priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
