@@ -30,7 +30,7 @@ ORDER BY
 -- lineage: one row per final training example, keyed by (experiment, method, candidate_id).
 -- example -> the teacher prompt that wrote it (prompt_id) -> the seeds shown in that prompt (seed_ids, in
 -- prompt order, with their texts) -> the teacher that wrote it (teacher_iteration: 0 = the untrained teacher,
--- i.e. self_instruct; K = teacher_K, i.e. montessori).
+-- i.e. self_instruct; K = teacher_K, i.e. montessori; I = teacher_I, i.e. montessori_itI).
 -- Influence evidence: teacher_k learnt by DPO from the pairs of iterations 1..k, so
 --   teacher_pairs         = the number of pairs in iterations 1..teacher_iteration (all of them trained it);
 --   evidence_candidates   = the scored candidates of iterations 1..teacher_iteration whose own teacher prompt

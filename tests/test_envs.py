@@ -1,11 +1,12 @@
 """The conda envs of cluster runs must install exactly what the lock files pin (no conda channel here)."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.api import SnakemakeApi
-from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
 
 from tests.conftest import ROOT
 
@@ -51,16 +52,34 @@ def test_gpu_lock_is_the_cpu_lock_with_vllms_cuda_build():
     assert {"triton", "torchvision", "nvidia-cudnn-cu13", "nvidia-nccl-cu13"} <= set(gpu)
 
 
+# Loads the workflow with Snakemake's own API, in a child process: the API leaves objects in sys.modules that
+# trip vLLM's module scan in later tests of this process.
+RULE_ENVS = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+root, configfile = Path(sys.argv[1]), sys.argv[2]
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(
+        resource_settings=ResourceSettings(),
+        config_settings=ConfigSettings(configfiles=[root / configfile]),
+        snakefile=root / "Snakefile",
+        workdir=root,
+    )._workflow
+    envs = {r.name: str((Path(r.snakefile).parent / r.conda_env).resolve()) if r.conda_env else None
+            for r in workflow.rules}
+print(json.dumps(envs))
+"""
+
+
 def rule_envs(configfile: str) -> dict[str, Path | None]:
     """Rule -> the conda env file it runs in, as Snakemake itself resolves the workflow with `configfile`."""
-    with SnakemakeApi(OutputSettings()) as api:
-        workflow = api.workflow(
-            resource_settings=ResourceSettings(),
-            config_settings=ConfigSettings(configfiles=[ROOT / configfile]),
-            snakefile=ROOT / "Snakefile",
-            workdir=ROOT,
-        )._workflow
-        return {r.name: (Path(r.snakefile).parent / r.conda_env).resolve() if r.conda_env else None for r in workflow.rules}
+    result = subprocess.run([sys.executable, "-c", RULE_ENVS, str(ROOT), configfile], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    envs = json.loads(result.stdout.splitlines()[-1])
+    return {name: Path(env) if env else None for name, env in envs.items()}
 
 
 @pytest.mark.parametrize(("configfile", "env"), [("config.yaml", "cpu"), ("configs/paper.yaml", "gpu")])

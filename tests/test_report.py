@@ -28,6 +28,7 @@ configfile: "config.yaml"
 validate_config(config)
 RESULTS = f"results/{{config['experiment']}}"
 ITERATIONS = list(range(1, config["iterations"] + 1))
+CONDA_ENV = "../envs/montessori.yaml"
 
 
 def eval_targets():
