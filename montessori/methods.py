@@ -44,16 +44,18 @@ def method_errors(config: dict) -> list[str]:
     iterations = config["iterations"]
     final, evaluated = config["final"]["methods"], config["eval"]["methods"]
     errors = []
-    for key, methods in (("final.methods", final), ("eval.methods", evaluated)):
-        for method in methods:
+    for key, names in (("final.methods", final), ("eval.methods", evaluated)):
+        for method in names:
             iteration = earlier_iteration(method)
-            if iteration is not None and iteration >= iterations:
-                fix = "use 'montessori'" if iteration == iterations else "lower it or raise 'iterations'"
-                errors.append(
-                    f"config key {key!r} has {method!r}, but teacher_{iteration} is "
-                    f"{'teacher_K, i.e. montessori' if iteration == iterations else 'never trained'} "
-                    f"(iterations: {iterations}); {fix}"
-                )
+            if iteration is None or iteration < iterations:
+                continue
+            if iteration == iterations:
+                problem, fix = "is teacher_K, i.e. montessori", "use 'montessori'"
+            else:
+                problem, fix = "is never trained", "lower it or raise 'iterations'"
+            errors.append(
+                f"config key {key!r} has {method!r}, but teacher_{iteration} {problem} (iterations: {iterations}); {fix}"
+            )
     for method in evaluated:
         if method != NO_FINETUNE and method not in final:
             errors.append(
