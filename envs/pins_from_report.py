@@ -9,5 +9,5 @@ import sys
 
 with open(sys.argv[1], encoding="utf-8") as f:
     installs = json.load(f)["install"]
-pins = sorted((p["metadata"]["name"], p["metadata"]["version"]) for p in installs)
-print("\n".join(f"{name}=={version}" for name, version in sorted(pins, key=lambda p: p[0].lower())))
+pins = [(p["metadata"]["name"], p["metadata"]["version"]) for p in installs]
+print("\n".join(f"{name}=={version}" for name, version in sorted(pins, key=lambda pin: pin[0].lower())))
