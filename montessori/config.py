@@ -62,7 +62,9 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
         keys = ", ".join(repr(".".join([*map(str, error.absolute_path), k])) for k in unknown)
         return f"unknown config key {keys}; allowed keys at {where}: {', '.join(allowed)}"
     if error.validator == "enum":
-        return f"config key {where!r} is {error.instance!r}; allowed values: {', '.join(map(repr, error.validator_value))}"
+        return (
+            f"config key {where!r} is {error.instance!r}; allowed values: {', '.join(map(repr, error.validator_value))}"
+        )
     return f"config key {where!r}: {error.message}"
 
 

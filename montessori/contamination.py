@@ -153,4 +153,3 @@ def find_matches(items: Iterable[tuple[str, str]], index: BenchmarkIndex, n: int
         if hit is not None:
             matches.append({"item_id": item_id, "benchmark_index": hit, "match": "ngram"})
     return matches
-

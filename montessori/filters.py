@@ -29,7 +29,7 @@ _TIE = 1e-6
 
 
 def instruction_verdict(instruction: str | None, min_chars: int, max_chars: int, banned_words: list[str]) -> str:
-    """"ok", or why the (stripped) instruction fails a filter: no_instruction, too_short (at most min_chars
+    """ "ok", or why the (stripped) instruction fails a filter: no_instruction, too_short (at most min_chars
     characters), too_long (more than max_chars), banned_word (a whole word or phrase of banned_words, any case),
     bad_start (punctuation or a non-ASCII first character)."""
     text = (instruction or "").strip()

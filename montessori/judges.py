@@ -556,9 +556,7 @@ class Judge:
         """
         check_messages(conversations)
         params = Params(max_tokens or self.config.max_tokens, self.config.temperature, top_logprobs)
-        requests = [
-            {"judge": self.identity, "messages": list(m), **dataclasses.asdict(params)} for m in conversations
-        ]
+        requests = [{"judge": self.identity, "messages": list(m), **dataclasses.asdict(params)} for m in conversations]
         keys = [
             hashlib.sha256(json.dumps(r, sort_keys=True, ensure_ascii=False).encode()).hexdigest() for r in requests
         ]

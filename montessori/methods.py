@@ -54,7 +54,8 @@ def method_errors(config: dict) -> list[str]:
             else:
                 problem, fix = "is never trained", "lower it or raise 'iterations'"
             errors.append(
-                f"config key {key!r} has {method!r}, but teacher_{iteration} {problem} (iterations: {iterations}); {fix}"
+                f"config key {key!r} has {method!r}, but teacher_{iteration} {problem} "
+                f"(iterations: {iterations}); {fix}"
             )
     for method in evaluated:
         if method != NO_FINETUNE and method not in final:

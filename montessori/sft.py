@@ -95,7 +95,9 @@ def train_student(
             logging_steps=1,
             dataloader_pin_memory=torch.cuda.is_available(),
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=completion_dataset(train), processing_class=tokenizer)
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=completion_dataset(train), processing_class=tokenizer
+        )
         result = trainer.train()
     trained = trainer.model
     trained.config.use_cache = use_cache

@@ -170,8 +170,7 @@ def warm_up(
     torch.manual_seed(seed)
     model, tokenizer = load_model(model_path)
     encoded = [
-        encode_example(tokenizer, row.instruction, row.response, max_length)
-        for row in examples.itertuples(index=False)
+        encode_example(tokenizer, row.instruction, row.response, max_length) for row in examples.itertuples(index=False)
     ]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)

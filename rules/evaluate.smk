@@ -12,8 +12,19 @@ rule lm_eval:
         student=lambda wc: student_input(wc.method),
     output:
         f"{RESULTS}/eval/{{method}}/{{benchmark}}.json",
+    log:
+        f"{RESULTS}/logs/lm_eval/{{method}}-{{benchmark}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lm_eval/{{method}}-{{benchmark}}.tsv"
     wildcard_constraints:
         benchmark="|".join(LM_EVAL_BENCHMARKS),
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
     params:
         model=lambda wc: student_path(wc.method),
         num_fewshot=lambda wc: config["eval"]["num_fewshot"][wc.benchmark],
@@ -22,17 +33,6 @@ rule lm_eval:
         backend=config["eval"]["backend"],
         batch_size=config["eval"]["batch_size"],
         generation=generation_params(),
-    log:
-        f"{RESULTS}/logs/lm_eval/{{method}}-{{benchmark}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/lm_eval/{{method}}-{{benchmark}}.tsv"
-    conda:
-        CONDA_ENV
-    threads: 1
-    resources:
-        mem_mb=16000,
-        runtime=720,
-        gpu=1,
     script:
         "../scripts/lm_eval.py"
 
@@ -43,13 +43,6 @@ rule alpaca_eval_outputs:
         student=lambda wc: student_input(wc.method),
     output:
         f"{RESULTS}/eval/{{method}}/alpaca_eval_outputs.json",
-    params:
-        model=lambda wc: student_path(wc.method),
-        limit=config["eval"]["limit"]["alpaca_eval"],
-        max_tokens=config["eval"]["alpaca_eval"]["max_tokens"],
-        backend=config["eval"]["backend"],
-        batch_size=config["eval"]["batch_size"],
-        generation=generation_params(),
     log:
         f"{RESULTS}/logs/alpaca_eval_outputs/{{method}}.log",
     benchmark:
@@ -61,6 +54,13 @@ rule alpaca_eval_outputs:
         mem_mb=16000,
         runtime=720,
         gpu=1,
+    params:
+        model=lambda wc: student_path(wc.method),
+        limit=config["eval"]["limit"]["alpaca_eval"],
+        max_tokens=config["eval"]["alpaca_eval"]["max_tokens"],
+        backend=config["eval"]["backend"],
+        batch_size=config["eval"]["batch_size"],
+        generation=generation_params(),
     script:
         "../scripts/alpaca_eval_outputs.py"
 
@@ -72,10 +72,6 @@ rule alpaca_eval:
         judge=judge_input(),
     output:
         f"{RESULTS}/eval/{{method}}/alpaca_eval.json",
-    params:
-        limit=config["eval"]["limit"]["alpaca_eval"],
-        judge=judge_params(),
-        cache=JUDGE_CACHE,
     log:
         f"{RESULTS}/logs/alpaca_eval/{{method}}.log",
     benchmark:
@@ -87,6 +83,10 @@ rule alpaca_eval:
         mem_mb=16000,
         runtime=720,
         gpu=1,
+    params:
+        limit=config["eval"]["limit"]["alpaca_eval"],
+        judge=judge_params(),
+        cache=JUDGE_CACHE,
     script:
         "../scripts/alpaca_eval.py"
 
@@ -97,15 +97,6 @@ rule mt_bench:
         judge=judge_input(),
     output:
         f"{RESULTS}/eval/{{method}}/mt_bench.json",
-    params:
-        model=lambda wc: student_path(wc.method),
-        limit=config["eval"]["limit"]["mt_bench"],
-        max_tokens=config["eval"]["mt_bench"]["max_tokens"],
-        judge=judge_params(),
-        cache=JUDGE_CACHE,
-        backend=config["eval"]["backend"],
-        batch_size=config["eval"]["batch_size"],
-        generation=generation_params(),
     log:
         f"{RESULTS}/logs/mt_bench/{{method}}.log",
     benchmark:
@@ -117,5 +108,14 @@ rule mt_bench:
         mem_mb=16000,
         runtime=720,
         gpu=1,
+    params:
+        model=lambda wc: student_path(wc.method),
+        limit=config["eval"]["limit"]["mt_bench"],
+        max_tokens=config["eval"]["mt_bench"]["max_tokens"],
+        judge=judge_params(),
+        cache=JUDGE_CACHE,
+        backend=config["eval"]["backend"],
+        batch_size=config["eval"]["batch_size"],
+        generation=generation_params(),
     script:
         "../scripts/mt_bench.py"

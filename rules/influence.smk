@@ -9,21 +9,21 @@ rule influence_shard:
         student=f"{RESULTS}/warmup/student",
     output:
         f"{RESULTS}/iter{{iteration}}/influence/{{scatteritem}}.parquet",
-    params:
-        influence=config["influence"],
-        seed=config["seed"],
     log:
         f"{RESULTS}/logs/influence_shard/iter{{iteration}}-{{scatteritem}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/influence_shard/iter{{iteration}}-{{scatteritem}}.tsv"
+    priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
-    priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
         mem_mb=8000,
         runtime=720,
         gpu=1,
+    params:
+        influence=config["influence"],
+        seed=config["seed"],
     script:
         "../scripts/influence_shard.py"
 
@@ -37,9 +37,9 @@ rule gather_influence:
         f"{RESULTS}/logs/gather_influence/iter{{iteration}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/gather_influence/iter{{iteration}}.tsv"
+    priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
-    priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
         mem_mb=1000,

@@ -11,9 +11,9 @@ rule pairs:
         f"{RESULTS}/logs/pairs/iter{{iteration}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pairs/iter{{iteration}}.tsv"
+    priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
-    priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
         mem_mb=1000,

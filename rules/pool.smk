@@ -7,19 +7,19 @@ rule pool_seeds:
         config["data"]["seed_files"],
     output:
         f"{RESULTS}/pool/seeds.parquet",
-    params:
-        seed=config["seed"],
     log:
         f"{RESULTS}/logs/pool_seeds.log",
     benchmark:
         f"{RESULTS}/benchmarks/pool_seeds.tsv"
+    priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
-    priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        seed=config["seed"],
     script:
         "../scripts/pool_seeds.py"
 
@@ -29,19 +29,19 @@ rule reference_set:
         config["data"]["reference_file"],
     output:
         f"{RESULTS}/pool/reference.parquet",
-    params:
-        n=config["data"]["n_reference"],
     log:
         f"{RESULTS}/logs/reference_set.log",
     benchmark:
         f"{RESULTS}/benchmarks/reference_set.tsv"
+    priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
-    priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        n=config["data"]["n_reference"],
     script:
         "../scripts/reference_set.py"
 
@@ -50,8 +50,6 @@ rule snapshot_config:
     """The validated config (defaults filled in) beside the results, for lineage and the experiments table."""
     output:
         f"{RESULTS}/config.yaml",
-    params:
-        config=config,
     log:
         f"{RESULTS}/logs/snapshot_config.log",
     benchmark:
@@ -62,5 +60,7 @@ rule snapshot_config:
     resources:
         mem_mb=500,
         runtime=2,
+    params:
+        config=config,
     script:
         "../scripts/snapshot_config.py"

@@ -3,7 +3,7 @@
 # `snakemake --report results/report.html`.
 import os
 
-from montessori.aggregate import rule_inputs
+from montessori.result_files import rule_inputs
 
 DATABASE = "results/montessori.duckdb"
 REPORT = f"{RESULTS}/report"
@@ -17,6 +17,7 @@ REPORT_TARGETS = [
 
 # The rules that read the database; their benchmark files must not feed back into it.
 REPORT_RULES = ("plots", "table1")
+
 
 report: "../report/workflow.rst"
 
@@ -39,10 +40,6 @@ rule aggregate:
         lambda wildcards: rule_inputs("results", config["experiment"], AGGREGATED, downstream_rules=REPORT_RULES),
     output:
         DATABASE,
-    params:
-        results_dir=lambda wildcards, output: os.path.dirname(output[0]),
-        data_dir="data",
-        ngram=8,
     log:
         "results/logs/aggregate.log",
     benchmark:
@@ -53,6 +50,10 @@ rule aggregate:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        results_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        data_dir="data",
+        ngram=8,
     script:
         "../scripts/aggregate.py"
 
@@ -65,8 +66,6 @@ rule plots:
         pairs=report(f"{REPORT}/pairs.png", caption="../report/pairs.rst", category="Influence"),
         scores=report(f"{REPORT}/scores.png", caption="../report/scores.rst", category="Evaluation"),
         costs=report(f"{REPORT}/costs.png", caption="../report/costs.rst", category="Costs"),
-    params:
-        experiment=config["experiment"],
     log:
         f"{RESULTS}/logs/plots.log",
     benchmark:
@@ -77,6 +76,8 @@ rule plots:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        experiment=config["experiment"],
     script:
         "../scripts/plots.py"
 

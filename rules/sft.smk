@@ -7,10 +7,6 @@ rule sft_student:
         student=model_input(config["models"]["student"]),
     output:
         directory(f"{RESULTS}/final/{{method}}/student"),
-    params:
-        student=lambda wc: model_path(config["models"]["student"]),
-        sft=config["sft"],
-        seed=config["seed"],
     log:
         f"{RESULTS}/logs/sft_student/{{method}}.log",
     benchmark:
@@ -22,5 +18,9 @@ rule sft_student:
         mem_mb=16000,
         runtime=1440,
         gpu=1,
+    params:
+        student=lambda wc: model_path(config["models"]["student"]),
+        sft=config["sft"],
+        seed=config["seed"],
     script:
         "../scripts/sft_student.py"

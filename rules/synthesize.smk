@@ -9,22 +9,22 @@ rule synthesize_warmup:
         teacher=teacher_input(0),
     output:
         f"{RESULTS}/warmup/candidates.parquet",
-    params:
-        teacher=lambda wc: teacher_path(0),
-        iteration=0,
-        synthesis=synthesis_params("warmup", 1, n_examples=config["warmup"]["n_examples"]),
     log:
         f"{RESULTS}/logs/synthesize_warmup.log",
     benchmark:
         f"{RESULTS}/benchmarks/synthesize_warmup.tsv"
+    priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
-    priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=1,
+    params:
+        teacher=lambda wc: teacher_path(0),
+        iteration=0,
+        synthesis=synthesis_params("warmup", 1, n_examples=config["warmup"]["n_examples"]),
     script:
         "../scripts/synthesize.py"
 
@@ -35,6 +35,18 @@ rule synthesize_iteration:
         teacher=lambda wc: teacher_input(int(wc.iteration) - 1),
     output:
         f"{RESULTS}/iter{{iteration}}/candidates.parquet",
+    log:
+        f"{RESULTS}/logs/synthesize_iteration/iter{{iteration}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthesize_iteration/iter{{iteration}}.tsv"
+    priority: LOOP_PRIORITY
+    conda:
+        CONDA_ENV
+    threads: LOOP_THREADS
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
     params:
         teacher=lambda wc: teacher_path(int(wc.iteration) - 1),
         iteration=lambda wc: int(wc.iteration),
@@ -43,18 +55,6 @@ rule synthesize_iteration:
             config["synthesis"]["candidates_per_prompt"],
             n_prompts=config["influence"]["n_prompts"],
         ),
-    log:
-        f"{RESULTS}/logs/synthesize_iteration/iter{{iteration}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/synthesize_iteration/iter{{iteration}}.tsv"
-    conda:
-        CONDA_ENV
-    priority: LOOP_PRIORITY
-    threads: LOOP_THREADS
-    resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=1,
     script:
         "../scripts/synthesize.py"
 
@@ -66,22 +66,22 @@ rule synthesize_final:
     output:
         candidates=f"{RESULTS}/final/{{method}}/candidates.parquet",
         train=f"{RESULTS}/final/{{method}}/train.parquet",
-    params:
-        teacher=lambda wc: teacher_path(final_teacher_iteration(wc.method)),
-        iteration=lambda wc: final_teacher_iteration(wc.method),
-        # Both methods draw the same seeds (one random stream, "final"), so they differ only by teacher.
-        synthesis=synthesis_params("final", 1, n_examples=config["final"]["n_examples"]),
     log:
         f"{RESULTS}/logs/synthesize_final/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/synthesize_final/{{method}}.tsv"
+    priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
-    priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
         mem_mb=8000,
         runtime=720,
         gpu=1,
+    params:
+        teacher=lambda wc: teacher_path(final_teacher_iteration(wc.method)),
+        iteration=lambda wc: final_teacher_iteration(wc.method),
+        # Both methods draw the same seeds (one random stream, "final"), so they differ only by teacher.
+        synthesis=synthesis_params("final", 1, n_examples=config["final"]["n_examples"]),
     script:
         "../scripts/synthesize.py"

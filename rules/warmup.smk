@@ -8,21 +8,21 @@ rule warmup_student:
         student=model_input(config["models"]["student"]),
     output:
         directory(f"{RESULTS}/warmup/student"),
-    params:
-        student=lambda wc: model_path(config["models"]["student"]),
-        warmup=config["warmup"],
-        seed=config["seed"],
     log:
         f"{RESULTS}/logs/warmup_student.log",
     benchmark:
         f"{RESULTS}/benchmarks/warmup_student.tsv"
+    priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
-    priority: LOOP_PRIORITY
     threads: LOOP_THREADS
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=1,
+    params:
+        student=lambda wc: model_path(config["models"]["student"]),
+        warmup=config["warmup"],
+        seed=config["seed"],
     script:
         "../scripts/warmup_student.py"

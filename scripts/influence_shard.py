@@ -3,9 +3,9 @@ from pathlib import Path
 import pandas as pd
 
 from montessori.influence import InfluenceEngine
-from montessori.shards import shard_of
 from montessori.io import write_parquet
 from montessori.jobs import start_job
+from montessori.shards import shard_of
 
 log = start_job(snakemake)
 # Snakemake numbers scatter items 1..N; shard_of counts from 0.

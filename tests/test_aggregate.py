@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from montessori.aggregate import TABLES, build_database, config_hash, rule_inputs, source_files
+from montessori.aggregate import TABLES, build_database, config_hash
 from montessori.cli import format_table, main
 from montessori.contamination import BENCHMARK_PROMPTS, gpqa_password
 from montessori.io import DataError
+from montessori.result_files import rule_inputs, source_files
 from tests.conftest import ROOT
 
 BENCHMARK_TSV_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -224,7 +225,8 @@ def test_table1_has_the_paper_layout(built):
     # The earlier teacher's student is the montessori row of iteration 1, as the paper's it1 beside it2.
     assert list(zip(table1["experiment"], table1["method"], table1["iteration"].fillna(-1))) == [
         ("alpha", "no_finetune", -1), ("alpha", "self_instruct", 0), ("alpha", "montessori", 1),
-        ("alpha", "montessori", 2), ("beta", "no_finetune", -1), ("beta", "self_instruct", 0), ("beta", "montessori", 1),
+        ("alpha", "montessori", 2), ("beta", "no_finetune", -1), ("beta", "self_instruct", 0),
+        ("beta", "montessori", 1),
     ]  # fmt: skip
     assert table1.iloc[2]["alpaca_eval_win_rate"] == 55.0
     alpha_montessori = table1.iloc[3]

@@ -10,7 +10,10 @@ import yaml
 
 from tests.conftest import ROOT
 
-ENVS = {"cpu": ("envs/montessori.yaml", "requirements.lock"), "gpu": ("envs/montessori-gpu.yaml", "requirements-gpu.lock")}
+ENVS = {
+    "cpu": ("envs/montessori.yaml", "requirements.lock"),
+    "gpu": ("envs/montessori-gpu.yaml", "requirements-gpu.lock"),
+}
 
 
 def lock_pins(lock: str = "requirements.lock") -> list[str]:
@@ -39,7 +42,7 @@ def test_lock_pins_everything_exactly(lock):
 
 
 def test_cpu_lock_keeps_out_the_cuda_builds():
-    # CUDA builds that break `import vllm` on CPU (DESIGN.md §3) must not come back with a re-lock.
+    # CUDA builds that break `import vllm` on CPU (README, "Installation") must not come back with a re-lock.
     assert not {"torchvision", "torchaudio", "torchcodec", "triton"} & set(versions("requirements.lock"))
 
 

@@ -12,7 +12,8 @@ def test_lm_eval_result_keeps_its_metric_name_and_stderr():
 
 def test_alpaca_eval_headline_is_the_length_controlled_win_rate():
     result = {"benchmark": "alpaca_eval", "win_rate": 40.0, "lc_win_rate": 45.0, "standard_error": 2.0,
-              "lc_standard_error": 2.5, "n_items": 805, "n_invalid": 3, "judge": "j", "model": "montessori"}  # fmt: skip
+              "lc_standard_error": 2.5, "n_items": 805, "n_invalid": 3, "judge": "j",
+              "model": "montessori"}  # fmt: skip
     record = eval_record("montessori", result, limit=None)
     assert record["score"] == 45.0 and record["scores"]["win_rate"] == 40.0
     assert (record["n_invalid"], record["judge"]) == (3, "j")

@@ -8,7 +8,6 @@ from montessori.generate import (
     load_generator,
 )
 
-
 CONVERSATIONS = [
     [{"role": "user", "content": "Name a colour."}],
     [

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
 from montessori.config import ConfigError
 from montessori.generate import Sampling, load_generator
-from montessori.judges import JudgeConfig, JudgeError, Judgment, JudgeUnavailable, judge_config, open_judge
+from montessori.judges import JudgeConfig, JudgeError, JudgeUnavailable, Judgment, judge_config, open_judge
 
 KEY_ENV = "MONTESSORI_TEST_JUDGE_KEY"
 QUESTION = [{"role": "user", "content": "Rate this answer."}]

@@ -23,13 +23,34 @@ from montessori.io import read_records
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_DIR = Path(lm_eval.tasks.__file__).parent
 RESULT_KEYS = {
-    "benchmark", "task", "score", "metric", "stderr", "n_items", "num_fewshot", "limit", "source", "backend", "model"
+    "benchmark",
+    "task",
+    "score",
+    "metric",
+    "stderr",
+    "n_items",
+    "num_fewshot",
+    "limit",
+    "source",
+    "backend",
+    "model",
 }
 # Everything that shapes a prompt, a target or a score; data source and splits are what we change on purpose.
 FORMAT_KEYS = (
-    "output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "description", "target_delimiter",
-    "fewshot_delimiter", "metric_list", "filter_list", "generation_kwargs", "repeats", "num_fewshot",
-    "should_decontaminate", "doc_to_decontamination_query",
+    "output_type",
+    "doc_to_text",
+    "doc_to_target",
+    "doc_to_choice",
+    "description",
+    "target_delimiter",
+    "fewshot_delimiter",
+    "metric_list",
+    "filter_list",
+    "generation_kwargs",
+    "repeats",
+    "num_fewshot",
+    "should_decontaminate",
+    "doc_to_decontamination_query",
 )
 MMLU_SUBJECTS = sorted(p.name.removesuffix("_test.csv") for p in (ROOT / "data" / "mmlu" / "test").glob("*_test.csv"))
 
@@ -207,7 +228,11 @@ def test_run_benchmark_offline(tiny_model_dir, benchmark, num_fewshot, n_items):
     assert result["metric"] == BENCHMARKS[benchmark].metric
     assert 0.0 <= result["score"] <= 1.0
     assert (result["benchmark"], result["task"], result["num_fewshot"], result["limit"], result["source"]) == (
-        benchmark, BENCHMARKS[benchmark].offline_task, num_fewshot, 3, "offline"
+        benchmark,
+        BENCHMARKS[benchmark].offline_task,
+        num_fewshot,
+        3,
+        "offline",
     )
 
 

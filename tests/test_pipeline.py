@@ -5,7 +5,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -110,9 +109,11 @@ def test_end_to_end_on_the_test_config(tmp_path):
             assert record["n_items"] >= 1 and record["source"] == "offline"
     # The Self-Instruct student against itself: ties by definition, decided without the judge.
     assert json.loads((results / "eval/self_instruct/alpaca_eval.json").read_text())["scores"]["win_rate"] == 50.0
-    table1 = duckdb.connect(str(ROOT / "results/montessori.duckdb"), read_only=True).execute(
-        "SELECT method FROM table1 WHERE experiment = 'test' ORDER BY method"
-    ).fetchall()
+    table1 = (
+        duckdb.connect(str(ROOT / "results/montessori.duckdb"), read_only=True)
+        .execute("SELECT method FROM table1 WHERE experiment = 'test' ORDER BY method")
+        .fetchall()
+    )
     assert [m for (m,) in table1] == ["montessori", "no_finetune", "self_instruct"]
 
     assert planned_jobs("--configfile", "configs/test.yaml") == {}

@@ -36,7 +36,10 @@ def test_instruction_prompt_ends_with_the_output_format():
         ("<instruction><instruction>Doubled opening tag.</instruction>", "Doubled opening tag."),
         ("Idea: x.\n<instruction>Unclosed at the end.\n", "Unclosed at the end."),
         ("<instruction>old</instruction>\n<instruction>Newer, unclosed", "Newer, unclosed"),
-        ("<instruction>Fix a bike.\nIt has a flat tyre.\n\nThis task is about bikes.", "Fix a bike.\nIt has a flat tyre."),
+        (
+            "<instruction>Fix a bike.\nIt has a flat tyre.\n\nThis task is about bikes.",
+            "Fix a bike.\nIt has a flat tyre.",
+        ),
         ("<instruction>Fix a bike.</\n\nSure! Here is how.", "Fix a bike."),
         ("<instruction>\n\n Fix a bike.", "Fix a bike."),
         ("<instruction>Kept.</instruction> then <instruction>", None),

@@ -15,9 +15,7 @@ def weights(path) -> dict[str, torch.Tensor]:
 
 
 def train(tiny_model_dir, out_dir, train_set, **overrides):
-    options = dict(
-        lr=1.0e-3, epochs=1, batch_size=4, micro_batch_size=2, max_length=64, schedule=FLAT, seed=0
-    )
+    options = dict(lr=1.0e-3, epochs=1, batch_size=4, micro_batch_size=2, max_length=64, schedule=FLAT, seed=0)
     options.update(overrides)
     return train_student(tiny_model_dir, train_set, out_dir, **options)
 

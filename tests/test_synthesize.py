@@ -78,7 +78,10 @@ def test_fixed_prompt_count_keeps_every_candidate_with_its_lineage(synthesis):
     assert (candidates["iteration"] == 1).all() and (candidates["teacher"] == "scripted-teacher").all()
     assert set(candidates.explode("seed_ids")["seed_ids"]) <= set(SEEDS["seed_id"])
     # The first round sees seeds only; once two instructions exist, 6 seeds + 2 generations.
-    first, second = candidates[candidates["prompt_id"] < "iter1-p00004"], candidates[candidates["prompt_id"] >= "iter1-p00004"]
+    first, second = (
+        candidates[candidates["prompt_id"] < "iter1-p00004"],
+        candidates[candidates["prompt_id"] >= "iter1-p00004"],
+    )
     assert (first["n_generated_in_context"] == 0).all() and first["seed_ids"].map(len).eq(8).all()
     assert (second["n_generated_in_context"] == 2).all() and second["seed_ids"].map(len).eq(6).all()
     assert candidates["raw_output"].iloc[0] == tagged(0)

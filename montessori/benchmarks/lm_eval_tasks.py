@@ -15,7 +15,6 @@ from lm_eval.tasks import TaskManager
 
 from montessori.precision import default_device, dtype_name
 
-
 TASKS_DIR = Path(__file__).resolve().parent.parent.parent / "tasks"
 SOURCES = ("offline", "hub")
 BACKENDS = ("hf", "vllm")
@@ -35,9 +34,7 @@ BENCHMARKS = {
     "arc_challenge": Benchmark("montessori_arc_challenge", "arc_challenge", "acc_norm,none"),
     "gsm8k": Benchmark("montessori_gsm8k", "gsm8k", "exact_match,strict-match"),
     "hellaswag": Benchmark("montessori_hellaswag", "hellaswag", "acc_norm,none"),
-    "gpqa": Benchmark(
-        "montessori_gpqa_diamond_zeroshot", "gpqa_diamond_zeroshot", "acc,none", zero_shot_only=True
-    ),
+    "gpqa": Benchmark("montessori_gpqa_diamond_zeroshot", "gpqa_diamond_zeroshot", "acc,none", zero_shot_only=True),
     "mmlu": Benchmark("montessori_mmlu", "mmlu", "acc,none"),
 }
 
