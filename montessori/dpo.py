@@ -18,8 +18,9 @@ from typing import Any
 import pandas as pd
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
+from montessori import chat_format
 from montessori.io import atomic_path
 from montessori.precision import default_device, trains_in_bf16
 from montessori.schedule import WsdSteps, optimizer_steps, wsd_steps
@@ -104,8 +105,12 @@ def train_teacher(
     lora: Mapping[str, Any],
     seed: int,
     precision: str = "auto",
+    chat_template: str = chat_format.AUTO,
 ) -> dict[str, Any]:
     """DPO-train the teacher at `teacher_path` on `pairs`; write the updated teacher to `out_dir`; return a summary.
+
+    TRL renders the pairs in the teacher's chat format (`chat_template`, models.chat_template.teacher), the one
+    the teacher wrote them in; teacher_i keeps it in its folder.
 
     `max_length` bounds prompt + completion tokens: longer completions are cut at the end, and a pair whose prompt
     alone fills it is dropped (it would leave nothing to learn from). `precision` (auto, bf16, fp32) picks bf16
@@ -120,7 +125,7 @@ def train_teacher(
     if pairs.empty:
         raise ValueError(f"no preference pairs to train the teacher {teacher_path} on")
     started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    tokenizer, fmt = chat_format.load_tokenizer(teacher_path, chat_template, "teacher")
     model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
     # The Trainer turns the KV cache off in the config; saved that way, HF generation would run without it.
     use_cache = model.config.use_cache
@@ -196,7 +201,7 @@ def train_teacher(
     trained.config.use_cache = use_cache
     with atomic_path(out_dir, is_dir=True) as tmp:
         trained.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        chat_format.save(tokenizer, fmt, tmp)
     summary = _summary(trainer, train_output, len(pairs), plan, bool(lora["enabled"]), time.monotonic() - started)
     log.info(
         "teacher saved to %s: %d steps, final loss %s, reward accuracy %s",

@@ -1,7 +1,8 @@
 """Chat generation behind one interface, with two backends: transformers `generate` (hf) and vLLM (vllm).
 
-Both take chat conversations, apply the model's chat template with the generation prompt, and return, per
-conversation, `Sampling.n` completions in input order. Sampling follows vLLM/OpenAI semantics in both
+Both take chat conversations, render them in the role's chat format (montessori.chat_format: the configured
+one, or the one a model trained here kept) with the generation prompt, stop at that format's end-of-turn token,
+and return, per conversation, `Sampling.n` completions in input order. Sampling follows vLLM/OpenAI semantics in both
 (temperature 0 = greedy, no top-k, presence penalty on generated tokens only), so a pipeline can switch
 backend without changing its numbers.
 """
@@ -16,8 +17,9 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from montessori import chat_format
 from montessori.precision import resolve_dtype
 
 Conversation = list[dict[str, str]]
@@ -105,13 +107,22 @@ class PresencePenaltyProcessor(LogitsProcessor):
 class HFGenerator:
     """transformers `generate` in batches of `batch_size` conversations, longest prompts first."""
 
-    def __init__(self, model_path: str, batch_size: int = 16, dtype: str = "auto"):
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int = 16,
+        dtype: str = "auto",
+        chat_template: str = chat_format.AUTO,
+        role: str = "teacher",
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_path = model_path
         self.batch_size = batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+        self.tokenizer, self.chat_format = chat_format.load_tokenizer(
+            model_path, chat_template, role, padding_side="left"
+        )
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=resolve_dtype(dtype, self.device))
@@ -119,7 +130,9 @@ class HFGenerator:
         eos = self.model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
-        self.eos_ids: list[int] = eos if isinstance(eos, list) else [eos]
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        end_of_turn = self.tokenizer.convert_tokens_to_ids(self.chat_format.end_of_turn)
+        self.eos_ids: list[int] = [*eos_ids, *([end_of_turn] if end_of_turn not in eos_ids else [])]
 
     def encode(self, conversation: Conversation) -> list[int]:
         # The template already writes every special token, so the tokenizer must not add a BOS of its own.
@@ -218,6 +231,8 @@ class VLLMGenerator:
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.85,
         seed: int = 0,
+        chat_template: str = chat_format.AUTO,
+        role: str = "teacher",
     ):
         from vllm import LLM
 
@@ -226,6 +241,9 @@ class VLLMGenerator:
                 f"cannot load {model_path} with vLLM: a vLLM engine is already open in this process; close() it first"
             )
         self.model_path = model_path
+        # Resolved before the engine starts, so a model without a usable format fails in seconds.
+        tokenizer, self.chat_format = chat_format.load_tokenizer(model_path, chat_template, role)
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(self.chat_format.end_of_turn)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         options: dict[str, Any] = {}
@@ -260,10 +278,17 @@ class VLLMGenerator:
                 presence_penalty=sampling.presence_penalty,
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed + index * sampling.draws,
+                stop_token_ids=[self.end_of_turn_id],
             )
             for index in range(len(conversations))
         ]
-        outputs = self.llm.chat(conversations, params, use_tqdm=_progress(desc), add_generation_prompt=True)
+        outputs = self.llm.chat(
+            conversations,
+            params,
+            use_tqdm=_progress(desc),
+            add_generation_prompt=True,
+            chat_template=self.chat_format.template,
+        )
         results = []
         for output in outputs:
             completions = [
@@ -290,15 +315,18 @@ def load_generator(
     vllm_kv_cache_gib: int = 1,
     vllm_gpu_memory_utilization: float = 0.85,
     seed: int = 0,
+    chat_template: str = chat_format.AUTO,
+    role: str = "teacher",
 ) -> Generator:
-    """Load `model_path` (an HF model directory) for chat generation.
+    """Load `model_path` (an HF model directory) for chat generation in `role`'s chat format `chat_template`.
 
     `batch_size` is the number of conversations per `generate` forward batch (hf); vLLM schedules all the
     conversations of a call itself. `seed` seeds the vLLM engine; every request still carries its own seed
     derived from `Sampling.seed`, which alone decides the samples of both backends.
     """
+    formats = {"chat_template": chat_template, "role": role}
     if backend == "hf":
-        return HFGenerator(str(model_path), batch_size=batch_size, dtype=dtype)
+        return HFGenerator(str(model_path), batch_size=batch_size, dtype=dtype, **formats)
     if backend == "vllm":
         return VLLMGenerator(
             str(model_path),
@@ -306,12 +334,18 @@ def load_generator(
             kv_cache_gib=vllm_kv_cache_gib,
             gpu_memory_utilization=vllm_gpu_memory_utilization,
             seed=seed,
+            **formats,
         )
     raise ValueError(f"generation backend {backend!r} is not one of: {', '.join(BACKENDS)}")
 
 
 def load_configured_generator(
-    model_path: str, generation: dict[str, Any], backend: str | None = None, batch_size: int | None = None
+    model_path: str,
+    generation: dict[str, Any],
+    backend: str | None = None,
+    batch_size: int | None = None,
+    chat_template: str = chat_format.AUTO,
+    role: str = "teacher",
 ) -> Generator:
     """A generator set up by the config's `generation` section (plus `seed`); eval overrides backend and batch."""
     return load_generator(
@@ -322,4 +356,6 @@ def load_configured_generator(
         vllm_kv_cache_gib=generation["vllm_kv_cache_gib"],
         vllm_gpu_memory_utilization=generation["vllm_gpu_memory_utilization"],
         seed=generation["seed"],
+        chat_template=chat_template,
+        role=role,
     )

@@ -86,6 +86,8 @@ class JudgeConfig:
     vllm_kv_cache_gib: int = 1
     vllm_start_timeout_seconds: float = 900.0
     vllm_args: tuple[str, ...] = ()
+    # A local judge's chat format (models.chat_template.judge; montessori.chat_format).
+    chat_template: str = "auto"
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> None:
@@ -317,11 +319,13 @@ class OpenAIBackend:
 class HFBackend:
     """Greedy (or sampled) transformers `generate` in-process, longest prompts first, `batch_size` at a time."""
 
-    def __init__(self, model_path: str, batch_size: int, dtype: str):
+    def __init__(self, model_path: str, batch_size: int, dtype: str, chat_template: str = "auto"):
         from montessori.generate import HFGenerator
 
         self.endpoint = f"transformers in-process ({model_path})"
-        self.generator: HFGenerator | None = HFGenerator(model_path, batch_size=batch_size, dtype=dtype)
+        self.generator: HFGenerator | None = HFGenerator(
+            model_path, batch_size=batch_size, dtype=dtype, chat_template=chat_template, role="judge"
+        )
 
     def complete(self, conversations: list[Messages], params: Params) -> Iterator[tuple[int, Judgment]]:
         generator = self.generator
@@ -630,7 +634,7 @@ def open_judge(config: JudgeConfig, cache_path: str | Path) -> Judge:
 
         def start() -> Backend:
             if config.local_backend == "hf":
-                return HFBackend(str(model_dir), config.batch_size, config.dtype)
+                return HFBackend(str(model_dir), config.batch_size, config.dtype, config.chat_template)
             server = VLLMServer(
                 model_dir,
                 config.dtype,

@@ -3,4 +3,7 @@
 Apart from montessori.models so that building the DAG (rules/common.smk) does not import torch.
 """
 
-BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-random-llama")
+# tiny-random-llama-base is the tiny Llama without a chat template, like the paper's base-model students.
+BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-random-llama", "tiny-random-llama-base")
+# Whether each built-in's tokenizer has a chat template, known before it is built.
+HAS_CHAT_TEMPLATE = {"smollm2-135m-instruct": True, "tiny-random-llama": True, "tiny-random-llama-base": False}

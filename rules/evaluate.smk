@@ -41,6 +41,7 @@ rule alpaca_eval_outputs:
     """The student's answers to the AlpacaEval instructions (also the reference of the other methods)."""
     input:
         student=lambda wc: student_input(wc.method),
+        chat_template=chat_template_input("student"),
     output:
         f"{RESULTS}/eval/{{method}}/alpaca_eval_outputs.json",
     log:
@@ -61,6 +62,7 @@ rule alpaca_eval_outputs:
         backend=config["eval"]["backend"],
         batch_size=config["eval"]["batch_size"],
         generation=generation_params(),
+        chat_template=chat_template("student"),
     script:
         "../scripts/alpaca_eval_outputs.py"
 
@@ -95,6 +97,7 @@ rule mt_bench:
     input:
         student=lambda wc: student_input(wc.method),
         judge=judge_input(),
+        chat_template=chat_template_input("student"),
     output:
         f"{RESULTS}/eval/{{method}}/mt_bench.json",
     log:
@@ -117,5 +120,6 @@ rule mt_bench:
         backend=config["eval"]["backend"],
         batch_size=config["eval"]["batch_size"],
         generation=generation_params(),
+        chat_template=chat_template("student"),
     script:
         "../scripts/mt_bench.py"

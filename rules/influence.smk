@@ -24,6 +24,7 @@ rule influence_shard:
     params:
         influence=config["influence"],
         seed=config["seed"],
+        chat_template=chat_template("student"),
     script:
         "../scripts/influence_shard.py"
 

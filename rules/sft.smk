@@ -5,6 +5,7 @@ rule sft_student:
     input:
         train=f"{RESULTS}/final/{{method}}/train.parquet",
         student=model_input(config["models"]["student"]),
+        chat_template=chat_template_input("student"),
     output:
         directory(f"{RESULTS}/final/{{method}}/student"),
     log:
@@ -22,5 +23,6 @@ rule sft_student:
         student=lambda wc: model_path(config["models"]["student"]),
         sft=config["sft"],
         seed=config["seed"],
+        chat_template=chat_template("student"),
     script:
         "../scripts/sft_student.py"

@@ -7,6 +7,7 @@ rule synthesize_warmup:
     input:
         seeds=f"{RESULTS}/pool/seeds.parquet",
         teacher=teacher_input(0),
+        chat_template=chat_template_input("teacher"),
     output:
         f"{RESULTS}/warmup/candidates.parquet",
     log:
@@ -33,6 +34,7 @@ rule synthesize_iteration:
     input:
         seeds=f"{RESULTS}/pool/seeds.parquet",
         teacher=lambda wc: teacher_input(int(wc.iteration) - 1),
+        chat_template=chat_template_input("teacher"),
     output:
         f"{RESULTS}/iter{{iteration}}/candidates.parquet",
     log:
@@ -63,6 +65,7 @@ rule synthesize_final:
     input:
         seeds=f"{RESULTS}/pool/seeds.parquet",
         teacher=lambda wc: teacher_input(final_teacher_iteration(wc.method)),
+        chat_template=chat_template_input("teacher"),
     output:
         candidates=f"{RESULTS}/final/{{method}}/candidates.parquet",
         train=f"{RESULTS}/final/{{method}}/train.parquet",

@@ -6,6 +6,7 @@ rule warmup_student:
     input:
         candidates=f"{RESULTS}/warmup/candidates.parquet",
         student=model_input(config["models"]["student"]),
+        chat_template=chat_template_input("student"),
     output:
         directory(f"{RESULTS}/warmup/student"),
     log:
@@ -24,5 +25,6 @@ rule warmup_student:
         student=lambda wc: model_path(config["models"]["student"]),
         warmup=config["warmup"],
         seed=config["seed"],
+        chat_template=chat_template("student"),
     script:
         "../scripts/warmup_student.py"

@@ -6,7 +6,12 @@ from montessori.jobs import start_job
 log = start_job(snakemake)
 generation = snakemake.params.generation
 generator = load_configured_generator(
-    snakemake.params.model, generation, snakemake.params.backend, snakemake.params.batch_size
+    snakemake.params.model,
+    generation,
+    snakemake.params.backend,
+    snakemake.params.batch_size,
+    chat_template=snakemake.params.chat_template,
+    role="student",
 )
 outputs = answer_alpaca_eval(generator, snakemake.wildcards.method, snakemake.params.limit, snakemake.params.max_tokens)
 generator.close()

@@ -19,5 +19,6 @@ summary = train_teacher(
     lora=cfg["lora"],
     seed=snakemake.params.seed,
     precision=cfg["precision"],
+    chat_template=snakemake.params.chat_template,
 )
 log.info("teacher DPO: %s", summary)

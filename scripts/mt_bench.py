@@ -8,7 +8,12 @@ from montessori.judges import judge_config, open_judge
 log = start_job(snakemake)
 generation = snakemake.params.generation
 generator = load_configured_generator(
-    snakemake.params.model, generation, snakemake.params.backend, snakemake.params.batch_size
+    snakemake.params.model,
+    generation,
+    snakemake.params.backend,
+    snakemake.params.batch_size,
+    chat_template=snakemake.params.chat_template,
+    role="student",
 )
 with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as judge:
     result = run_mt_bench(

@@ -17,4 +17,5 @@ train_student(
     schedule=cfg["schedule"],
     seed=snakemake.params.seed,
     precision=cfg["precision"],
+    chat_template=snakemake.params.chat_template,
 )

@@ -16,7 +16,9 @@ plan = SynthesisPlan(
     n_examples=params["n_examples"],
 )
 seeds = pd.read_parquet(snakemake.input.seeds)
-generator = load_configured_generator(snakemake.params.teacher, generation)
+generator = load_configured_generator(
+    snakemake.params.teacher, generation, chat_template=params["chat_template"], role="teacher"
+)
 candidates = synthesize(generator, seeds, plan, params["synthesis"], generation["batch_size"], generation["seed"])
 generator.close()
 write_parquet(candidates, snakemake.output[0])

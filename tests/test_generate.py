@@ -206,3 +206,20 @@ def test_vllm_close_lets_another_engine_start(vllm_engines, tiny_model_dir):
     first.close()
     vllm_engines.append(load_generator(str(tiny_model_dir), backend="vllm", dtype="float32"))
     assert vllm_engines[-1].generate(CONVERSATIONS[:1], sampling) == before
+
+
+@pytest.mark.vllm
+def test_vllm_renders_a_configured_format_like_hf(vllm_engines, tiny_model_dir, tiny_base_model_dir):
+    """A base model in the plain format: vLLM gets the same template and end-of-turn stop as transformers."""
+    vllm_engines[-1].close()
+    options = {"dtype": "float32", "chat_template": "plain", "role": "student"}
+    vllm_engines.append(load_generator(str(tiny_base_model_dir), backend="vllm", **options))
+    hf = load_generator(str(tiny_base_model_dir), backend="hf", batch_size=2, **options)
+    try:
+        assert hf.chat_format == vllm_engines[-1].chat_format and hf.chat_format.spec == "plain"
+        sampling = Sampling(temperature=0, max_tokens=12)
+        assert hf.generate(CONVERSATIONS, sampling) == vllm_engines[-1].generate(CONVERSATIONS, sampling)
+    finally:
+        hf.close()
+        vllm_engines[-1].close()
+        vllm_engines.append(load_generator(str(tiny_model_dir), backend="vllm", seed=0, dtype="float32"))

@@ -75,6 +75,16 @@ def test_unknown_config_key_fails_before_any_job():
     assert "unknown config key 'bogus'" in result.stdout + result.stderr
 
 
+def test_a_base_student_needs_an_explicit_chat_format_before_any_job():
+    base = "models={student: tiny-random-llama-base}"
+    result = snakemake("-n", "--config", base, check=False)
+    assert result.returncode != 0
+    assert "'models.chat_template.student' is 'auto', but resources/models/tiny-random-llama-base has no chat" in (
+        result.stdout + result.stderr
+    )
+    snakemake("-n", "--config", "models={student: tiny-random-llama-base, chat_template: {student: plain}}")
+
+
 def test_bad_enum_names_allowed_values():
     result = snakemake("-n", "--config", "influence={baseline: after}", check=False)
     assert result.returncode != 0

@@ -1,9 +1,11 @@
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from montessori.sft import completion_dataset, train_student
+from montessori.chat_format import ChatFormatError, saved_format
+from montessori.sft import tokenized_dataset, train_student
+from montessori.student import IGNORE_INDEX, encode_example
 from tests.conftest import TOY_EXAMPLES
 
 FLAT = {"warmup": 0.0, "stable": 1.0, "decay": 0.0, "min_lr_ratio": 1.0e-3}
@@ -20,10 +22,22 @@ def train(tiny_model_dir, out_dir, train_set, **overrides):
     return train_student(tiny_model_dir, train_set, out_dir, **options)
 
 
-def test_completion_dataset_puts_the_response_in_the_completion():
-    row = completion_dataset(TOY_EXAMPLES.head(1))[0]
-    assert row["prompt"] == [{"role": "user", "content": "Name a primary colour."}]
-    assert row["completion"] == [{"role": "assistant", "content": "Red."}]
+def test_sft_examples_are_the_warm_up_encoding(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    row = tokenized_dataset(TOY_EXAMPLES.head(1), tokenizer, 64)[0]
+    assert row == encode_example(tokenizer, "Name a primary colour.", "Red.", 64)
+    answer = [t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX]
+    assert tokenizer.decode(answer) == "Red.<|im_end|>"
+
+
+def test_a_base_student_trains_in_an_explicit_format_and_keeps_it(tiny_base_model_dir, tmp_path):
+    with pytest.raises(ChatFormatError, match="'models.chat_template.student' is 'auto'.*no chat template"):
+        train(tiny_base_model_dir, tmp_path / "auto", TOY_EXAMPLES)
+    assert not (tmp_path / "auto").exists()
+    train(tiny_base_model_dir, tmp_path / "plain", TOY_EXAMPLES, chat_template="plain")
+    assert saved_format(tmp_path / "plain")["spec"] == "plain"
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "plain")
+    assert tokenizer.chat_template.startswith("{#- Alpaca-style plain text")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
