@@ -48,9 +48,11 @@ TABLES: dict[str, dict[str, str]] = {
     "candidates": {
         "experiment": "VARCHAR", "method": "VARCHAR", "candidate_id": "VARCHAR", "prompt_id": "VARCHAR",
         "stage": "VARCHAR", "iteration": "INTEGER", "teacher": "VARCHAR", "seed_ids": "VARCHAR[]",
-        "n_generated_in_context": "INTEGER", "prompt": "VARCHAR", "raw_output": "VARCHAR", "instruction": "VARCHAR",
-        "response": "VARCHAR", "prompt_tokens": "INTEGER", "output_tokens": "INTEGER", "response_tokens": "INTEGER",
-        "verdict": "VARCHAR", "rouge_l": "DOUBLE",
+        "n_generated_in_context": "INTEGER", "prompt": "VARCHAR", "raw_output": "VARCHAR",
+        "output_finish_reason": "VARCHAR", "instruction": "VARCHAR", "response": "VARCHAR",
+        "response_finish_reason": "VARCHAR", "prompt_tokens": "INTEGER", "output_tokens": "INTEGER",
+        "response_tokens": "INTEGER", "verdict": "VARCHAR", "rouge_l": "DOUBLE", "rouge_l_match": "VARCHAR",
+        "rouge_l_source": "VARCHAR",
     },
     "influence": {
         "experiment": "VARCHAR", "iteration": "INTEGER", "candidate_id": "VARCHAR", "prompt_id": "VARCHAR",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import re
 import string
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from rapidfuzz import process
 from rapidfuzz.distance import Indel, LCSseq
@@ -67,14 +69,36 @@ def _rouge_l_f(lcs: int, n: int, m: int) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
+class Novelty(NamedTuple):
+    """A text's ROUGE-L verdict: novel or not, its highest ROUGE-L F, the text it scored that against, and where
+    that text came from ("accepted": an instruction accepted earlier; "in_context": an example of its own
+    prompt). match and source are None when there was nothing to compare with."""
+
+    novel: bool
+    score: float
+    match: str | None
+    source: str | None
+
+
 class RougeFilter:
-    """Accepts a text when its ROUGE-L F against every previously accepted text is at most max_rouge_l."""
+    """Accepts a text when its ROUGE-L F against every previously accepted text, and against the in-context
+    examples of its own prompt, is at most max_rouge_l (the reference implementation's filter: a teacher that
+    copies one of the examples it was shown writes nothing new)."""
 
     def __init__(self, max_rouge_l: float) -> None:
         self.max_rouge_l = max_rouge_l
         self._codes: dict[str, str] = {}
         # Texts without tokens are left out: rouge_score scores them 0 against anything, Indel would say 1.
         self._accepted: list[str] = []
+        self._accepted_texts: list[str] = []
+        # In-context examples recur across prompts (seeds, earlier generations): encode each text once.
+        self._encoded: dict[str, str] = {}
+
+    def _encode_example(self, text: str) -> str:
+        encoded = self._encoded.get(text)
+        if encoded is None:
+            encoded = self._encoded[text] = self._encode(text)
+        return encoded
 
     def _encode(self, text: str) -> str:
         chars = []
@@ -88,21 +112,34 @@ class RougeFilter:
             chars.append(code)
         return "".join(chars)
 
-    def accept(self, text: str) -> tuple[bool, float]:
-        """(whether `text` is novel, its max ROUGE-L F against the accepted set); a novel text joins the set."""
+    def _best_accepted(self, query: str) -> tuple[float, int | None]:
+        """The highest ROUGE-L F of `query` against the accepted set, and the index of that text."""
+        if not query or not self._accepted:
+            return 0.0, None
+        best, similarity, index = process.extractOne(query, self._accepted, scorer=Indel.normalized_similarity)
+        matches = [(best, index)]
+        if similarity >= self.max_rouge_l - _TIE:
+            cutoff = similarity - _TIE
+            ties = process.extract(
+                query, self._accepted, scorer=Indel.normalized_similarity, score_cutoff=cutoff, limit=None
+            )
+            matches = [(match, i) for match, _, i in ties]
+        return max((_rouge_l_f(LCSseq.similarity(query, m), len(query), len(m)), i) for m, i in matches)
+
+    def accept(self, text: str, in_context: Sequence[str] = ()) -> Novelty:
+        """The verdict on `text` against the accepted set and its prompt's `in_context` examples (a handful, each
+        scored exactly); a novel text joins the accepted set."""
         query = self._encode(text)
-        score = 0.0
-        if query and self._accepted:
-            best, similarity, _ = process.extractOne(query, self._accepted, scorer=Indel.normalized_similarity)
-            matches = [best]
-            if similarity >= self.max_rouge_l - _TIE:
-                cutoff = similarity - _TIE
-                ties = process.extract(
-                    query, self._accepted, scorer=Indel.normalized_similarity, score_cutoff=cutoff, limit=None
-                )
-                matches = [match for match, _, _ in ties]
-            score = max(_rouge_l_f(LCSseq.similarity(query, m), len(query), len(m)) for m in matches)
+        score, index = self._best_accepted(query)
+        match, source = (self._accepted_texts[index], "accepted") if index is not None else (None, None)
+        for example in in_context:
+            encoded = self._encode_example(example)
+            if query and encoded:
+                example_score = _rouge_l_f(LCSseq.similarity(query, encoded), len(query), len(encoded))
+                if example_score > score or match is None:
+                    score, match, source = example_score, example, "in_context"
         novel = score <= self.max_rouge_l
         if novel and query:
             self._accepted.append(query)
-        return novel, score
+            self._accepted_texts.append(text)
+        return Novelty(novel, score, match, source)

@@ -62,6 +62,8 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    # "stop": the model ended its turn; "length": cut off at Sampling.max_tokens (OpenAI/vLLM's names).
+    finish_reason: str = "stop"
 
 
 class Generator(Protocol):
@@ -190,9 +192,11 @@ class HFGenerator:
 
     def _completion(self, prompt_tokens: int, ids: list[int]) -> Completion:
         # Count up to and including the first EOS (what follows is padding), as vLLM counts its tokens.
-        length = next((k + 1 for k, token in enumerate(ids) if token in self.eos_ids), len(ids))
+        stop = next((k + 1 for k, token in enumerate(ids) if token in self.eos_ids), None)
+        length = stop or len(ids)
         text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
-        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=length)
+        finish_reason = "stop" if stop is not None else "length"
+        return Completion(text, prompt_tokens, length, finish_reason)
 
     def close(self) -> None:
         self.model = None
@@ -292,7 +296,7 @@ class VLLMGenerator:
         results = []
         for output in outputs:
             completions = [
-                Completion(text=c.text, prompt_tokens=len(output.prompt_token_ids), completion_tokens=len(c.token_ids))
+                Completion(c.text, len(output.prompt_token_ids), len(c.token_ids), c.finish_reason or "stop")
                 for c in output.outputs
             ]
             results.append(completions * (sampling.n // sampling.draws))

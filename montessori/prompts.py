@@ -1,61 +1,95 @@
-"""The teacher's two turns: writing a new instruction from in-context examples, and answering an instruction.
+"""The teacher's two turns — writing a new instruction from in-context examples, and answering an instruction —
+and parsing the instruction out of the teacher's answer.
 
-The instruction turn follows the paper's structure (a fixed request, examples wrapped in <instruction> tags, an
-answer of a short rationale and then the tagged instruction); the wording is ours. It is short and ends with the
-output format because SmolLM2-135M-Instruct loses track of longer requests: of eleven wordings tried at the
-paper's sampling (temperature 1.0, top_p 0.9), most got a tagged instruction back in fewer than one output in
-ten, this one in 14 of 64.
+The turns' texts are data: a folder under prompts/ (or any folder given by `synthesis.prompt`) with
+`instruction.txt` ({examples} slot) and `response.txt` ({instruction} slot); prompts/README.md describes the
+built-in ones. `load_prompt` reads them when Snakemake builds the DAG, so the text is part of the synthesis
+params and editing it reruns synthesis.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # building the DAG reads prompts through this module; numpy is only a type here
+    import numpy as np
 
-INSTRUCTION_REQUEST = """\
-Below are instructions that users gave an AI assistant.
-
-{examples}
-
-Write a new instruction that a user could give the assistant, on a different topic. It must make sense on its \
-own; if it needs an input, such as a sentence or a list, include it. Start your reply with one sentence about \
-the topic. End your reply with the new instruction inside <instruction></instruction> tags."""
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+EXAMPLES_SLOT = "{examples}"
+INSTRUCTION_SLOT = "{instruction}"
+PARSE_MODES = ("strict", "lenient")
 
 _OPEN = re.compile(r"<instruction>", re.IGNORECASE)
 _CLOSE = re.compile(r"</instruction>", re.IGNORECASE)
 _UNCLOSED_END = re.compile(r"\n\s*\n|</")
 
 
-def instruction_prompt(examples: list[str]) -> list[dict[str, str]]:
-    """The teacher's instruction-writing turn: one user message showing `examples` as tagged instructions."""
-    shown = "\n".join(f"<instruction>{example.strip()}</instruction>" for example in examples)
-    return [{"role": "user", "content": INSTRUCTION_REQUEST.format(examples=shown)}]
+@dataclass(frozen=True)
+class TeacherPrompt:
+    """The texts of the two turns, each with its one slot."""
+
+    instruction: str
+    response: str
+
+    def instruction_turn(self, examples: list[str]) -> list[dict[str, str]]:
+        """One user message showing `examples` as tagged instructions."""
+        shown = "\n".join(f"<instruction>{example.strip()}</instruction>" for example in examples)
+        return [{"role": "user", "content": self.instruction.replace(EXAMPLES_SLOT, shown)}]
+
+    def response_turn(self, instruction: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.response.replace(INSTRUCTION_SLOT, instruction)}]
 
 
-def parse_instruction(raw: str) -> str | None:
-    """The text of the last <instruction>…</instruction> pair in `raw` (tags in any case), stripped.
+def _read_turn(folder: Path, name: str, slot: str) -> str:
+    path = folder / name
+    if not path.is_file():
+        raise ValueError(f"config key 'synthesis.prompt': {path} does not exist (a prompt folder holds {name})")
+    text = path.read_text(encoding="utf-8").removesuffix("\n")
+    if text.count(slot) != 1:
+        raise ValueError(f"{path}: must contain the slot {slot} exactly once (found {text.count(slot)})")
+    return text
 
-    A final opening tag that is never closed counts too, up to the first blank line or broken closing tag
-    ("</"): small teachers often stop after the instruction without closing the tag, or ramble on after it.
-    Inside a closed pair a blank line is kept, since an input may follow its instruction that way.
-    Returns None when there is no tagged text or it is empty.
+
+def load_prompt(spec: str) -> dict[str, str]:
+    """The texts of prompt `spec` (a folder name under prompts/, or a folder path) as {instruction, response}."""
+    folder = PROMPTS_DIR / spec if (PROMPTS_DIR / spec).is_dir() else Path(spec)
+    if not folder.is_dir():
+        known = ", ".join(sorted(p.name for p in PROMPTS_DIR.iterdir() if p.is_dir()))
+        raise ValueError(
+            f"config key 'synthesis.prompt' is {spec!r}: neither a prompt under prompts/ ({known}) nor a folder"
+        )
+    return {
+        "instruction": _read_turn(folder, "instruction.txt", EXAMPLES_SLOT),
+        "response": _read_turn(folder, "response.txt", INSTRUCTION_SLOT),
+    }
+
+
+def parse_instruction(raw: str, mode: str = "strict") -> str | None:
+    """The instruction in the teacher's answer, stripped; None when there is none or it is empty.
+
+    strict (the reference implementation): the text of the last closed <instruction>…</instruction> pair (tags
+    in any case). lenient: the same, but a final opening tag that is never closed counts too, up to the first
+    blank line or broken closing tag ("</"): small teachers often stop after the instruction without closing the
+    tag, or ramble on after it. Inside a closed pair a blank line is kept, since an input may follow its
+    instruction that way.
     """
+    if mode not in PARSE_MODES:
+        raise ValueError(f"config key 'synthesis.parse' is {mode!r}; allowed values: {', '.join(PARSE_MODES)}")
     opens = [m.end() for m in _OPEN.finditer(raw)]
     if not opens:
         return None
     closes = [m.start() for m in _CLOSE.finditer(raw)]
-    if closes and closes[-1] >= opens[-1]:
+    if mode == "strict" or (closes and closes[-1] >= opens[-1]):
+        if not closes or closes[-1] < opens[0]:
+            return None
         start = max(end for end in opens if end <= closes[-1])
         text = raw[start : closes[-1]]
     else:
         text = _UNCLOSED_END.split(raw[opens[-1] :].lstrip(), maxsplit=1)[0]
     return text.strip() or None
-
-
-def response_prompt(instruction: str) -> list[dict[str, str]]:
-    """The teacher's answering turn: the instruction alone as one user message."""
-    return [{"role": "user", "content": instruction}]
 
 
 def choose_in_context(

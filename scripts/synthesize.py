@@ -3,6 +3,7 @@ import pandas as pd
 from montessori.generate import load_configured_generator
 from montessori.io import write_parquet
 from montessori.jobs import start_job
+from montessori.prompts import TeacherPrompt
 from montessori.synthesize import SynthesisPlan, synthesize, training_set
 
 log = start_job(snakemake)
@@ -14,15 +15,20 @@ plan = SynthesisPlan(
     candidates_per_prompt=params["candidates_per_prompt"],
     n_prompts=params["n_prompts"],
     n_examples=params["n_examples"],
+    max_prompts_factor=params["synthesis"]["max_prompts_factor"],
 )
 seeds = pd.read_parquet(snakemake.input.seeds)
 generator = load_configured_generator(
     snakemake.params.teacher, generation, chat_template=params["chat_template"], role="teacher"
 )
-candidates = synthesize(generator, seeds, plan, params["synthesis"], generation["batch_size"], generation["seed"])
+candidates = synthesize(
+    generator, seeds, plan, params["synthesis"], TeacherPrompt(**params["prompt"]), generation["batch_size"],
+    generation["seed"],
+)  # fmt: skip
 generator.close()
-write_parquet(candidates, snakemake.output[0])
 if "train" in snakemake.output.keys():
-    train = training_set(candidates, plan.n_examples)
+    # Methods are compared on sets of one size: a short final set fails here, before anything is written.
+    train = training_set(candidates, plan.n_examples, where=snakemake.output.train)
     write_parquet(train, snakemake.output.train)
     log.info("training set: %d examples", len(train))
+write_parquet(candidates, snakemake.output[0])

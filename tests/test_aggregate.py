@@ -42,7 +42,8 @@ def _candidate(experiment, stage, iteration, prompt, index, seeds, verdict="ok")
         "seed_ids": seeds, "n_generated_in_context": 0, "prompt": f"prompt {prompt}",
         "raw_output": f"because <instruction>{experiment} {candidate_id}</instruction>",
         "instruction": f"{experiment} {candidate_id}", "response": f"answer {candidate_id}", "prompt_tokens": 10,
-        "output_tokens": 5, "response_tokens": 3, "verdict": verdict, "rouge_l": 0.1,
+        "output_tokens": 5, "response_tokens": 3, "verdict": verdict, "rouge_l": 0.1, "rouge_l_match": "a seed",
+        "rouge_l_source": "in_context", "output_finish_reason": "stop", "response_finish_reason": "stop",
     }  # fmt: skip
 
 

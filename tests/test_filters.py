@@ -97,7 +97,7 @@ def test_decisions_equal_a_brute_force_rouge_score_filter(seed_texts):
     rouge_filter, accepted, n_rejected = RougeFilter(max_rouge_l=0.7), [], 0
     for text in texts:
         expected = max((rouge(a, text) for a in accepted), default=0.0)
-        novel, score = rouge_filter.accept(text)
+        novel, score, _, _ = rouge_filter.accept(text)
         assert score == pytest.approx(expected, abs=1e-9, rel=0)
         assert novel == (expected <= 0.7)
         if novel:
@@ -108,10 +108,11 @@ def test_decisions_equal_a_brute_force_rouge_score_filter(seed_texts):
 
 def test_near_duplicate_is_rejected_and_distinct_text_accepted():
     rouge_filter = RougeFilter(max_rouge_l=0.7)
-    assert rouge_filter.accept("Give three tips for staying healthy.") == (True, 0.0)
-    novel, score = rouge_filter.accept("Give me three tips for staying healthy!")
+    assert rouge_filter.accept("Give three tips for staying healthy.") == (True, 0.0, None, None)
+    novel, score, match, source = rouge_filter.accept("Give me three tips for staying healthy!")
     assert not novel and score == pytest.approx(2 * 6 / (6 + 7))
-    novel, score = rouge_filter.accept("Write a haiku about autumn leaves.")
+    assert (match, source) == ("Give three tips for staying healthy.", "accepted")
+    novel, score, _, _ = rouge_filter.accept("Write a haiku about autumn leaves.")
     assert novel and score < 0.7
     # A rejected text does not join the set: were it accepted, its own near-duplicate would be rejected.
     assert rouge_filter.accept("Give three tips for staying healthy and happy at work.")[0] is False
@@ -128,11 +129,27 @@ def test_threshold_ties_are_decided_by_rouge_score_rounding():
     assert rouge_filter.accept(" ".join(first))[0] and rouge_filter.accept(" ".join(second))[0]
     expected = max(rouge(" ".join(first), " ".join(query)), rouge(" ".join(second), " ".join(query)))
     assert expected > 0.7
-    assert rouge_filter.accept(" ".join(query)) == (False, expected)
+    assert rouge_filter.accept(" ".join(query))[:2] == (False, expected)
 
 
 def test_texts_without_tokens_are_always_novel():
     rouge_filter = RougeFilter(max_rouge_l=0.7)
-    assert rouge_filter.accept("¿¡!!") == (True, 0.0)
-    assert rouge_filter.accept("…?") == (True, 0.0)
-    assert rouge_filter.accept("Name a color.") == (True, 0.0)
+    assert rouge_filter.accept("¿¡!!")[:2] == (True, 0.0)
+    assert rouge_filter.accept("…?")[:2] == (True, 0.0)
+    assert rouge_filter.accept("Name a color.")[:2] == (True, 0.0)
+
+
+def test_a_copy_of_an_in_context_example_is_not_novel():
+    """The reference implementation also compares with the examples the teacher was shown."""
+    rouge_filter = RougeFilter(max_rouge_l=0.7)
+    examples = ["Write a haiku about autumn leaves.", "Name three rivers in Europe."]
+    novel, score, match, source = rouge_filter.accept("Name three rivers in Europe!", examples)
+    assert (novel, score, match, source) == (False, 1.0, "Name three rivers in Europe.", "in_context")
+    # Not accepted, so it does not block a later text; a distinct text passes against both sets.
+    novel, score, match, source = rouge_filter.accept("Explain how tides form.", examples)
+    assert novel and score < 0.7 and source == "in_context"
+    # The accepted set and the examples are both searched; the higher score decides.
+    novel, score, match, source = rouge_filter.accept("Explain how the tides form.", ["Name a colour."])
+    assert not novel and (match, source) == ("Explain how tides form.", "accepted")
+    expected = max(rouge("Write a haiku about autumn leaves.", "A haiku about autumn leaves, please."), 0.0)
+    assert rouge_filter.accept("A haiku about autumn leaves, please.", examples)[1] == pytest.approx(expected)

@@ -1,15 +1,16 @@
 import numpy as np
 import pytest
 
-from montessori.prompts import choose_in_context, instruction_prompt, parse_instruction, response_prompt
+from montessori.prompts import TeacherPrompt, choose_in_context, load_prompt, parse_instruction
 
 SEEDS = [f"seed instruction {i}" for i in range(20)]
 GENERATED = [f"generated instruction {i}" for i in range(5)]
 
 
-def test_instruction_prompt_is_one_user_turn_with_tagged_examples_in_order():
+@pytest.mark.parametrize("name", ["reference", "smollm2"])
+def test_instruction_turn_is_one_user_turn_with_tagged_examples_in_order(name):
     examples = ["  Name three fruits. ", "Sort these numbers: 3, 1, 2", "Multi\nline example"]
-    (message,) = instruction_prompt(examples)
+    (message,) = TeacherPrompt(**load_prompt(name)).instruction_turn(examples)
     assert message["role"] == "user"
     content = message["content"]
     tagged = ["<instruction>Name three fruits.</instruction>", "<instruction>Sort these numbers: 3, 1, 2</instruction>",
@@ -19,43 +20,78 @@ def test_instruction_prompt_is_one_user_turn_with_tagged_examples_in_order():
     assert "{" not in content and "}" not in content
 
 
-def test_instruction_prompt_ends_with_the_output_format():
-    content = instruction_prompt(["Name three fruits."])[0]["content"]
-    last_line = content.rstrip().splitlines()[-1]
+def test_the_reference_prompt_asks_first_and_the_smollm2_prompt_ends_with_the_output_format():
+    reference = TeacherPrompt(**load_prompt("reference")).instruction_turn(["Name three fruits."])[0]["content"]
+    assert reference.index("<instruction> and </instruction>") < reference.index("Name three fruits.")
+    assert reference.rstrip().endswith("<instruction>Name three fruits.</instruction>")
+    smollm2 = TeacherPrompt(**load_prompt("smollm2")).instruction_turn(["Name three fruits."])[0]["content"]
+    last_line = smollm2.rstrip().splitlines()[-1]
     assert "<instruction>" in last_line and "</instruction>" in last_line
-    assert content.index("Name three fruits.") < content.rindex("<instruction>")
+    assert smollm2.index("Name three fruits.") < smollm2.rindex("<instruction>")
 
 
-@pytest.mark.parametrize(
-    "raw, expected",
-    [
-        ("Idea: a fruit question.\n<instruction> Name three red fruits. </instruction>", "Name three red fruits."),
-        ("<instruction>first</instruction> then <instruction>second</instruction> done", "second"),
-        ("<Instruction>Mixed case tags.</INSTRUCTION>", "Mixed case tags."),
-        ("<instruction>Rewrite this.\n\nThe cat sat.</instruction>", "Rewrite this.\n\nThe cat sat."),
-        ("<instruction><instruction>Doubled opening tag.</instruction>", "Doubled opening tag."),
-        ("Idea: x.\n<instruction>Unclosed at the end.\n", "Unclosed at the end."),
-        ("<instruction>old</instruction>\n<instruction>Newer, unclosed", "Newer, unclosed"),
-        (
-            "<instruction>Fix a bike.\nIt has a flat tyre.\n\nThis task is about bikes.",
-            "Fix a bike.\nIt has a flat tyre.",
-        ),
-        ("<instruction>Fix a bike.</\n\nSure! Here is how.", "Fix a bike."),
-        ("<instruction>\n\n Fix a bike.", "Fix a bike."),
-        ("<instruction>Kept.</instruction> then <instruction>", None),
-        ("No tags at all.", None),
-        ("Only a closing tag.</instruction>", None),
-        ("<instruction>  \n </instruction>", None),
-        ("<instruction>", None),
-        ("", None),
-    ],
-)
-def test_parse_instruction(raw, expected):
-    assert parse_instruction(raw) == expected
+def test_the_response_turn_is_the_instruction_alone():
+    prompt = TeacherPrompt(**load_prompt("reference"))
+    assert prompt.response_turn("Name three fruits.") == [{"role": "user", "content": "Name three fruits."}]
 
 
-def test_response_prompt_is_the_instruction_alone():
-    assert response_prompt("Name three fruits.") == [{"role": "user", "content": "Name three fruits."}]
+def test_a_prompt_folder_of_ones_own(tmp_path):
+    (tmp_path / "instruction.txt").write_text("Examples:\n{examples}\nNow yours, in tags.\n")
+    (tmp_path / "response.txt").write_text("Answer briefly: {instruction}")
+    prompt = TeacherPrompt(**load_prompt(str(tmp_path)))
+    assert (
+        prompt.instruction_turn(["A."])[0]["content"] == "Examples:\n<instruction>A.</instruction>\nNow yours, in tags."
+    )
+    assert prompt.response_turn("Say hi.")[0]["content"] == "Answer briefly: Say hi."
+    (tmp_path / "response.txt").write_text("No slot here.")
+    with pytest.raises(ValueError, match=r"response.txt: must contain the slot \{instruction\} exactly once"):
+        load_prompt(str(tmp_path))
+    with pytest.raises(ValueError, match=r"'synthesis.prompt' is 'nope': neither a prompt under prompts/ \(reference"):
+        load_prompt("nope")
+
+
+BOTH = [
+    ("Idea: a fruit question.\n<instruction> Name three red fruits. </instruction>", "Name three red fruits."),
+    ("<instruction>first</instruction> then <instruction>second</instruction> done", "second"),
+    ("<Instruction>Mixed case tags.</INSTRUCTION>", "Mixed case tags."),
+    ("<instruction>Rewrite this.\n\nThe cat sat.</instruction>", "Rewrite this.\n\nThe cat sat."),
+    ("<instruction><instruction>Doubled opening tag.</instruction>", "Doubled opening tag."),
+    ("No tags at all.", None),
+    ("Only a closing tag.</instruction>", None),
+    ("<instruction>  \n </instruction>", None),
+    ("<instruction>", None),
+    ("", None),
+]
+# A final opening tag that is never closed: lenient reads it, strict (the reference) keeps the last closed pair.
+UNCLOSED = [
+    ("Idea: x.\n<instruction>Unclosed at the end.\n", "Unclosed at the end.", None),
+    ("<instruction>old</instruction>\n<instruction>Newer, unclosed", "Newer, unclosed", "old"),
+    (
+        "<instruction>Fix a bike.\nIt has a flat tyre.\n\nThis task is about bikes.",
+        "Fix a bike.\nIt has a flat tyre.",
+        None,
+    ),
+    ("<instruction>Fix a bike.</\n\nSure! Here is how.", "Fix a bike.", None),
+    ("<instruction>\n\n Fix a bike.", "Fix a bike.", None),
+    ("<instruction>Kept.</instruction> then <instruction>", None, "Kept."),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), BOTH)
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
+def test_parse_instruction(raw, expected, mode):
+    assert parse_instruction(raw, mode) == expected
+
+
+@pytest.mark.parametrize(("raw", "lenient", "strict"), UNCLOSED)
+def test_only_lenient_parsing_reads_an_unclosed_final_tag(raw, lenient, strict):
+    assert parse_instruction(raw, "lenient") == lenient
+    assert parse_instruction(raw, "strict") == strict
+
+
+def test_parse_mode_is_checked():
+    with pytest.raises(ValueError, match="'synthesis.parse' is 'loose'"):
+        parse_instruction("<instruction>x</instruction>", "loose")
 
 
 def test_in_context_examples_are_seeds_until_enough_generations_exist():

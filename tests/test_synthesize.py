@@ -2,13 +2,15 @@
 end-to-end test (tests/test_pipeline.py)."""
 
 import logging
+import re
 
 import pandas as pd
 import pytest
 
 from montessori.config import validate_config
 from montessori.generate import Completion
-from montessori.synthesize import SynthesisPlan, prompts_still_needed, synthesize, training_set
+from montessori.prompts import TeacherPrompt, load_prompt
+from montessori.synthesize import ShortSetError, SynthesisPlan, prompts_still_needed, synthesize, training_set
 
 SEEDS = pd.DataFrame(
     {
@@ -20,13 +22,15 @@ TOPICS = ["tides", "volcanoes", "bread", "chess", "rainbows", "glaciers", "violi
 
 
 class ScriptedTeacher:
-    """A Generator whose k-th instruction sample (over the whole run) is script(k), and whose answer to an
-    instruction is answer(instruction); prompt and completion token counts are word counts."""
+    """A Generator whose k-th instruction sample (over the whole run) is script(k), or script(k, prompt) for a
+    two-argument script, and whose answer to an instruction is answer(instruction); an answer ending in "..."
+    was cut off at max_tokens. Prompt and completion token counts are word counts."""
 
     model_path = "scripted-teacher"
 
     def __init__(self, script, answer=lambda instruction: f"An answer to: {instruction}"):
         self.script, self.answer = script, answer
+        self.with_prompt = script.__code__.co_argcount == 2
         self.samples = 0
         self.instruction_calls: list[int] = []
 
@@ -42,9 +46,14 @@ class ScriptedTeacher:
             else:
                 texts = []
                 for _ in range(sampling.n):
-                    texts.append(self.script(self.samples))
+                    texts.append(self.script(self.samples, prompt) if self.with_prompt else self.script(self.samples))
                     self.samples += 1
-            results.append([Completion(t, len(prompt.split()), len(t.split())) for t in texts])
+            results.append(
+                [
+                    Completion(t, len(prompt.split()), len(t.split()), "length" if t.endswith("...") else "stop")
+                    for t in texts
+                ]
+            )
         return results
 
     def close(self):
@@ -62,8 +71,11 @@ def synthesis():
     return validate_config({})["synthesis"]
 
 
-def run(teacher, plan, synthesis, batch_size=4):
-    return synthesize(teacher, SEEDS, plan, synthesis, batch_size=batch_size, seed=0)
+PROMPT = TeacherPrompt(**load_prompt("smollm2"))
+
+
+def run(teacher, plan, synthesis, batch_size=4, **kwargs):
+    return synthesize(teacher, SEEDS, plan, synthesis, PROMPT, batch_size=batch_size, seed=0, **kwargs)
 
 
 def test_fixed_prompt_count_keeps_every_candidate_with_its_lineage(synthesis):
@@ -98,25 +110,49 @@ def test_bad_teacher_outputs_get_verdicts_not_crashes(synthesis):
         "<instruction>Write a very long essay.</instruction>",  # the answer overflows max_example_tokens
         "<instruction>Hi.</instruction>",  # too short
         "<instruction>¿Qué hora es en Madrid?</instruction>",  # non-ASCII start
+        "<instruction>Tell a story about a dragon.</instruction>",  # the answer is cut off at max_tokens
+        "COPY",  # a copy of the prompt's first in-context example
+        "<instruction>Unclosed, as small teachers write it.",  # strict parsing reads closed pairs only
     ]
+
+    def script(k, prompt):
+        if outputs[k] == "COPY":
+            return f"<instruction>{re.search('<instruction>(.*?)</instruction>', prompt).group(1)}</instruction>"
+        return outputs[k]
 
     def answer(instruction):
         if "silent" in instruction:
             return "   "
         if "long essay" in instruction:
             return "word " * 200
+        if "dragon" in instruction:
+            return "Once upon a time..."
         return "Fine."
 
     synthesis["max_example_tokens"] = 100
-    plan = SynthesisPlan(stage="iter1", iteration=1, candidates_per_prompt=8, n_prompts=1)
-    candidates = run(ScriptedTeacher(lambda k: outputs[k], answer), plan, synthesis)
+    plan = SynthesisPlan(stage="iter1", iteration=1, candidates_per_prompt=len(outputs), n_prompts=1)
+    candidates = run(ScriptedTeacher(script, answer), plan, synthesis)
     assert candidates["verdict"].tolist() == [
         "no_instruction", "ok", "similar_to_accepted", "banned_word", "empty_response", "too_long", "too_short",
-        "bad_start",
+        "bad_start", "truncated", "similar_to_in_context", "no_instruction",
     ]  # fmt: skip
     assert candidates.loc[2, "rouge_l"] > 0.7
-    assert candidates["response"].notna().tolist() == [False, True, False, False, True, True, False, False]
-    assert training_set(candidates, 10)["candidate_id"].tolist() == ["iter1-p00000-c1"]
+    assert (candidates.loc[2, "rouge_l_match"], candidates.loc[2, "rouge_l_source"]) == (
+        "Explain how tides form.", "accepted"
+    )  # fmt: skip
+    assert candidates.loc[9, "rouge_l"] == 1.0 and candidates.loc[9, "rouge_l_source"] == "in_context"
+    assert candidates.loc[9, "rouge_l_match"] in SEEDS["seed_text"].tolist()
+    assert candidates.loc[8, "response_finish_reason"] == "length"
+    assert candidates["response"].notna().tolist() == [
+        False, True, False, False, True, True, False, False, True, False, False,
+    ]  # fmt: skip
+    assert training_set(candidates, 1, "t")["candidate_id"].tolist() == ["iter1-p00000-c1"]
+    with pytest.raises(ShortSetError, match=r"final/x/train.parquet: 1 of the 10 examples asked for after 1 prompts"):
+        training_set(candidates, 10, "final/x/train.parquet")
+    assert len(training_set(candidates, 10, "warm-up", exact=False)) == 1
+    synthesis["parse"] = "lenient"
+    lenient = run(ScriptedTeacher(script, answer), plan, synthesis)
+    assert lenient["instruction"].iloc[-1] == "Unclosed, as small teachers write it."
 
 
 def test_example_count_sizes_rounds_to_what_is_missing(synthesis):
@@ -126,7 +162,34 @@ def test_example_count_sizes_rounds_to_what_is_missing(synthesis):
     candidates = run(teacher, plan, synthesis, batch_size=64)
     assert teacher.instruction_calls == [8]  # prior rate 0.5: 4 missing -> 8 prompts
     assert (candidates["verdict"] == "ok").sum() == 4
-    assert len(training_set(candidates, 4)) == 4
+    assert len(training_set(candidates, 4, "final")) == 4
+
+
+def test_a_final_set_keeps_prompting_until_its_answers_are_usable_too(synthesis):
+    # Every instruction is novel and passes the filters, but three answers in four are cut off at max_tokens.
+    def unique(k):
+        return "<instruction>" + " ".join(f"w{k}x{j}" for j in range(5)) + f" n{k}</instruction>"
+
+    def answer(instruction):
+        return "Cut..." if int(instruction.rsplit(" n", 1)[1]) % 4 else "Ok."
+
+    teacher = ScriptedTeacher(unique, answer)
+    plan = SynthesisPlan(stage="final", iteration=0, candidates_per_prompt=1, n_examples=4)
+    candidates = run(teacher, plan, synthesis, batch_size=64)
+    assert (candidates["verdict"] == "ok").sum() == 4 and (candidates["verdict"] == "truncated").sum() >= 6
+    assert len(teacher.instruction_calls) >= 2
+
+
+def test_rounds_replayed_from_saved_rows_give_the_same_candidates(synthesis):
+    """What a resumed job does: the finished rounds' rows come back, the teacher is asked only for the rest."""
+    plan = SynthesisPlan(stage="iter1", iteration=1, candidates_per_prompt=2, n_prompts=10)
+    rounds = []
+    uninterrupted = run(ScriptedTeacher(tagged), plan, synthesis, after_round=rounds.append)
+    assert [len(r) for r in rounds] == [8, 8, 4]
+    teacher = ScriptedTeacher(lambda k: tagged(k + 16))  # the samples the teacher wrote after two rounds
+    resumed = run(teacher, plan, synthesis, done_rounds=rounds[:2])
+    assert teacher.instruction_calls == [2]
+    pd.testing.assert_frame_equal(resumed, uninterrupted)
 
 
 def test_a_teacher_that_never_follows_the_format_stops_at_the_prompt_budget(synthesis, caplog):
@@ -136,7 +199,7 @@ def test_a_teacher_that_never_follows_the_format_stops_at_the_prompt_budget(synt
         candidates = run(teacher, plan, synthesis, batch_size=64)
     assert len(candidates) == 3 * plan.max_prompts_factor and sum(teacher.instruction_calls) == 12
     assert (candidates["verdict"] == "no_instruction").all() and candidates["response"].isna().all()
-    assert "only 0 of 3 instructions passed the filters after 12 prompts" in caplog.text
+    assert "only 0 of 3 candidates are usable after 12 prompts" in caplog.text
 
 
 def test_same_seed_same_prompts(synthesis):
