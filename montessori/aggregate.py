@@ -9,8 +9,6 @@ contamination.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import re
 from pathlib import Path
@@ -21,10 +19,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from montessori import methods
-from montessori.contamination import find_matches, load_benchmarks
+from montessori.contamination import alpaca_eval_prompts, find_matches, index_benchmark, load_benchmarks
 from montessori.io import DataError
-from montessori.methods import MONTESSORI
 from montessori.result_files import (
     CONFIG_FILE,
     EVAL_PATTERN,
@@ -33,6 +29,7 @@ from montessori.result_files import (
     experiment_dirs,
     experiment_files,
 )
+from montessori.result_rows import canonical_json, eval_rows, evaluated_item_rows, job_rows, teacher_iteration
 
 VIEWS_SQL = Path(__file__).resolve().parent.parent / "queries" / "views.sql"
 
@@ -75,7 +72,12 @@ TABLES: dict[str, dict[str, str]] = {
     "eval_scores": {
         "experiment": "VARCHAR", "method": "VARCHAR", "iteration": "INTEGER", "benchmark": "VARCHAR",
         "metric": "VARCHAR", "value": "DOUBLE", "headline": "BOOLEAN", "n_items": "INTEGER", "judge": "VARCHAR",
-        "source": "VARCHAR", "item_limit": "INTEGER", "model": "VARCHAR",
+        "source": "VARCHAR", "item_limit": "INTEGER", "model": "VARCHAR", "subset": "VARCHAR",
+    },
+    # The AlpacaEval items each evaluation scored, per subset (heldout, all).
+    "evaluated_items": {
+        "experiment": "VARCHAR", "method": "VARCHAR", "benchmark": "VARCHAR", "subset": "VARCHAR",
+        "item_id": "VARCHAR",
     },
     # One row per run of a Snakemake benchmark file (a `repeat()` benchmark has several).
     "jobs": {
@@ -88,16 +90,17 @@ TABLES: dict[str, dict[str, str]] = {
         "benchmark_index": "INTEGER", "match": "VARCHAR",
     },
     "contamination_benchmarks": {"benchmark": "VARCHAR", "n_prompts": "INTEGER", "ngram": "INTEGER", "note": "VARCHAR"},
+    # Evaluated benchmark items that overlap a source (reference set, seed pool) of the same experiment.
+    "contamination_evaluated": {
+        "experiment": "VARCHAR", "source": "VARCHAR", "benchmark": "VARCHAR", "item_id": "VARCHAR",
+        "match": "VARCHAR",
+    },
 }  # fmt: skip
 
 
 def config_hash(config: Any) -> str:
     """sha256 of canonical JSON: key order and YAML layout do not change the hash."""
     return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
-
-
-def canonical_json(config: Any) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -146,92 +149,6 @@ def _load_config(path: Path) -> dict[str, Any] | None:
     return config
 
 
-def teacher_iteration(method: str, config: dict[str, Any] | None, train: Path) -> int | None:
-    """Which teacher wrote the method's final set: its train.parquet says so; else the method's name does
-    (montessori's teacher_K needs the run's config; an unknown method or K stays NULL)."""
-    if train.exists():
-        iterations = pd.read_parquet(train, columns=["iteration"])["iteration"].dropna().unique()
-        if len(iterations) == 1:
-            return int(iterations[0])
-    known_k = config is not None and "iterations" in config
-    if method == MONTESSORI and not known_k:
-        return None
-    try:
-        return methods.teacher_iteration(method, int(config["iterations"]) if known_k else 0)
-    except ValueError:
-        return None
-
-
-def _number(value: Any, path: Path, key: str, kind: type = float) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise DataError(f"{path}: {key} must be {'an integer' if kind is int else 'a number'} or null, got {value!r}")
-    return kind(value)
-
-
-def _label(value: Any) -> str | None:
-    """A text cell; a judge described by an object (model, endpoint, ...) is kept as its JSON."""
-    return value if value is None or isinstance(value, str) else canonical_json(value)
-
-
-def eval_rows(path: Path, experiment: str, method: str, iteration: int | None) -> list[dict[str, Any]]:
-    """One row per metric of an eval JSON; the headline is the metric whose value is the file's `score`."""
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(result, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(result).__name__}")
-    scores = result.get("scores", {})
-    if not isinstance(scores, dict):
-        raise DataError(f"{path}: 'scores' must be an object of metric -> number")
-    if "score" not in result:
-        raise DataError(f"{path}: missing key 'score' (the headline number; has: {', '.join(sorted(result))})")
-    score = _number(result["score"], path, "score")
-    values = {metric: _number(v, path, f"scores.{metric}") for metric, v in scores.items()}
-    # A file may name its headline metric; otherwise it is the first metric equal to the score.
-    headline = result.get("metric") if result.get("metric") in values else None
-    headline = headline or next((m for m, v in values.items() if v == score), None)
-    if headline is None:
-        values, headline = {**values, "score": score}, "score"
-    common = {
-        "experiment": experiment,
-        "method": method,
-        "iteration": iteration,
-        # The path names the benchmark as the DAG does (the file's own name for it may differ, e.g. gpqa_diamond).
-        "benchmark": path.stem,
-        "n_items": _number(result.get("n_items"), path, "n_items", int),
-        "judge": _label(result.get("judge")),
-        "source": _label(result.get("source")),
-        "item_limit": _number(result.get("limit"), path, "limit", int),
-        "model": _label(result.get("model")),
-    }
-    return [{**common, "metric": m, "value": v, "headline": m == headline} for m, v in values.items()]
-
-
-def job_rows(path: Path, experiment_dir: Path) -> list[dict[str, Any]]:
-    """The runs of one Snakemake benchmark TSV; benchmarks/RULE/WILDCARDS.tsv or benchmarks/RULE.tsv."""
-    parts = path.relative_to(experiment_dir / "benchmarks").with_suffix("").parts
-    try:
-        table = pd.read_csv(path, sep="\t")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: not a Snakemake benchmark TSV ({e})") from None
-    if "s" not in table.columns:
-        raise DataError(f"{path}: no column 's' (seconds); has: {', '.join(table.columns)}")
-
-    def column(name: str) -> list[float | None]:
-        # Snakemake writes "NA" or "-" where it could not measure.
-        values = pd.to_numeric(table[name], errors="coerce") if name in table else [math.nan] * len(table)
-        return [None if math.isnan(v) else float(v) for v in values]
-
-    columns = {"seconds": "s", "max_rss_mb": "max_rss", "cpu_seconds": "cpu_time", "io_in_mb": "io_in",
-               "io_out_mb": "io_out", "mean_load": "mean_load"}  # fmt: skip
-    measured = {ours: column(theirs) for ours, theirs in columns.items()}
-    where = {"experiment": experiment_dir.name, "rule": parts[0], "wildcards": "/".join(parts[1:])}
-    return [{**where, "run": run, **{c: v[run] for c, v in measured.items()}} for run in range(len(table))]
-
-
 def _load_experiment(con: duckdb.DuckDBPyConnection, experiment_dir: Path) -> None:
     experiment = experiment_dir.name
     config = _load_config(experiment_dir / CONFIG_FILE)
@@ -250,14 +167,16 @@ def _load_experiment(con: duckdb.DuckDBPyConnection, experiment_dir: Path) -> No
                     from_path = {n: int(v) if n == "iteration" else v for n, v in zip(names, match.groups())}
                     constants = {"experiment": experiment, **from_path}
                     _insert_parquet(con, table, experiment_dir / relative, constants)
-    scores = []
+    scores, evaluated = [], []
     for relative in files:
         match = re.fullmatch(EVAL_PATTERN, relative)
         if match:
             method = match.group(1)
             iteration = teacher_iteration(method, config, experiment_dir / "final" / method / "train.parquet")
             scores += eval_rows(experiment_dir / relative, experiment, method, iteration)
+            evaluated += evaluated_item_rows(experiment_dir / relative, experiment, method)
     _insert_rows(con, "eval_scores", scores)
+    _insert_rows(con, "evaluated_items", evaluated)
     jobs = [row for r in files if re.fullmatch(JOBS_PATTERN, r) for row in job_rows(experiment_dir / r, experiment_dir)]
     _insert_rows(con, "jobs", jobs)
 
@@ -271,7 +190,8 @@ def _load_contamination(con: duckdb.DuckDBPyConnection, data_dir: Path, ngram: i
         "reference": "SELECT experiment, reference_id, instruction FROM reference",
         "seeds": "SELECT experiment, seed_id, seed_text FROM seeds",
     }
-    rows = []
+    rows, evaluated_rows = [], []
+    evaluated = _evaluated_texts(con, data_dir)
     for source, sql in sources.items():
         by_experiment: dict[str, list[tuple[str, str]]] = {}
         for experiment, item_id, text in con.execute(sql + " ORDER BY ALL").fetchall():
@@ -282,7 +202,34 @@ def _load_contamination(con: duckdb.DuckDBPyConnection, data_dir: Path, ngram: i
                     {"experiment": experiment, "source": source, "benchmark": index.benchmark, **match}
                     for match in find_matches(items, index, ngram)
                 ]
+            # The other way round for what was evaluated: which scored items does this source contain?
+            source_index = index_benchmark(source, [text for _, text in items], ngram)
+            for benchmark, scored in evaluated.get(experiment, {}).items():
+                evaluated_rows += [
+                    {"experiment": experiment, "source": source, "benchmark": benchmark, "item_id": m["item_id"],
+                     "match": m["match"]}
+                    for m in find_matches(scored, source_index, ngram)
+                ]  # fmt: skip
     _insert_rows(con, "contamination_matches", rows)
+    _insert_rows(con, "contamination_evaluated", evaluated_rows)
+
+
+def _evaluated_texts(con: duckdb.DuckDBPyConnection, data_dir: Path) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """experiment -> benchmark -> (item_id, prompt text) of every evaluated item (AlpacaEval's, by position)."""
+    prompts = alpaca_eval_prompts(data_dir)
+    texts: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    if not prompts:  # not checked, as contamination_benchmarks notes for the missing file
+        return texts
+    for experiment, benchmark, item_id in con.execute(
+        "SELECT DISTINCT experiment, benchmark, item_id FROM evaluated_items ORDER BY ALL"
+    ).fetchall():
+        position = int(item_id.rsplit("-", 1)[1])
+        if position >= len(prompts):
+            raise DataError(
+                f"experiment {experiment}: evaluated item {item_id} is not one of the {len(prompts)} prompts"
+            )
+        texts.setdefault(experiment, {}).setdefault(benchmark, []).append((item_id, prompts[position]))
+    return texts
 
 
 def build_database(

@@ -31,6 +31,13 @@ def ngrams(normalized: str, n: int) -> set[str]:
     return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
+def alpaca_eval_prompts(data_dir: Path) -> list[str]:
+    """The 805 AlpacaEval instructions, in benchmark order (an item id's number is its position); none if the
+    file is missing."""
+    path = Path(data_dir) / "alpaca_eval" / "alpaca_eval_instructions.json"
+    return _alpaca_eval(Path(data_dir)) if path.exists() else []
+
+
 def _alpaca_eval(data_dir: Path) -> list[str]:
     path = data_dir / "alpaca_eval" / "alpaca_eval_instructions.json"
     return [r["instruction"] for r in read_records(path, required=("instruction",))]

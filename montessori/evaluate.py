@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from montessori.benchmarks.alpaca_eval import load_instructions
 from montessori.generate import Generator, Sampling
 
 # The judged benchmarks' metrics, headline first (the paper leads with AlpacaEval's length-controlled win rate).
@@ -22,6 +21,9 @@ def eval_record(method: str, result: dict[str, Any], limit: int | None) -> dict[
         metrics = JUDGED_METRICS[benchmark]
         scores = {m: result.get(m) for m in metrics}
         score = scores[metrics[0]]
+        # AlpacaEval scores one or more subsets (heldout, all); the headline is the first one's.
+        for subset, numbers in result.get("subsets", {}).items():
+            scores.update({f"{subset}_{m}": numbers.get(m) for m in metrics})
     else:
         metric = result["metric"].split(",")[0]
         score = result["score"]
@@ -36,20 +38,29 @@ def eval_record(method: str, result: dict[str, Any], limit: int | None) -> dict[
         "judge": result.get("judge"),
         "model": result["model"],
         "source": result.get("source", "offline"),
+        "subset": result.get("subset"),
         "limit": limit,
         "details": {k: v for k, v in result.items() if k not in ("benchmark", "model", "judge", "n_items")},
     }
 
 
-def answer_alpaca_eval(generator: Generator, method: str, limit: int | None, max_tokens: int) -> list[dict[str, Any]]:
-    """The model's greedy answers to the AlpacaEval instructions, in alpaca-eval's model_outputs format."""
-    instructions = load_instructions(limit)
+def answer_alpaca_eval(
+    generator: Generator, method: str, instructions: list[dict[str, Any]], max_tokens: int
+) -> list[dict[str, Any]]:
+    """The model's greedy answers to AlpacaEval items ({item_id, dataset, instruction}; `selected_items` says which),
+    in alpaca-eval's model_outputs format plus each item's id."""
     answers = generator.generate(
         [[{"role": "user", "content": item["instruction"]}] for item in instructions],
         Sampling(temperature=0.0, max_tokens=max_tokens),
         desc="AlpacaEval answers",
     )
     return [
-        {"dataset": item.get("dataset"), "instruction": item["instruction"], "output": sample.text, "generator": method}
+        {
+            "item_id": item["item_id"],
+            "dataset": item.get("dataset"),
+            "instruction": item["instruction"],
+            "output": sample.text,
+            "generator": method,
+        }
         for item, (sample,) in zip(instructions, answers)
     ]

@@ -6,11 +6,14 @@
 -- lm-eval benchmark (ARC-Challenge acc_norm, GSM8K exact_match, HellaSwag acc_norm, GPQA acc, MMLU acc).
 -- A NULL cell means that evaluation has not been run. The student of an earlier teacher (method montessori_itI in
 -- the DAG, see montessori/methods.py) is the montessori row of iteration I, as the paper's it1 beside it2.
+-- alpaca_eval_subset says which AlpacaEval items the two AlpacaEval columns score: heldout (the items outside the
+-- influence reference set, the default) or all 805 (the paper's); eval_scores holds every subset a run scored.
 CREATE OR REPLACE VIEW table1 AS
 SELECT
     experiment,
     method,
     iteration,
+    max(subset) FILTER (WHERE benchmark = 'alpaca_eval') AS alpaca_eval_subset,
     max(value) FILTER (WHERE benchmark = 'alpaca_eval' AND metric = 'lc_win_rate') AS alpaca_eval_lc_win_rate,
     max(value) FILTER (WHERE benchmark = 'alpaca_eval' AND metric = 'win_rate') AS alpaca_eval_win_rate,
     max(value) FILTER (WHERE benchmark = 'mt_bench' AND headline) AS mt_bench,
@@ -176,6 +179,11 @@ ORDER BY r.experiment, r.seconds DESC, r.rule;
 -- Benchmark prompts: AlpacaEval instructions, MT-Bench turn 1, ARC-Challenge/GSM8K/GPQA/MMLU questions, HellaSwag
 -- contexts; GPQA is decrypted in memory only. A benchmark whose files were missing has n_prompts 0 and a note.
 -- The reference set is by construction 256 AlpacaEval instructions: expect exact overlap with alpaca_eval.
+-- scope 'benchmark': every prompt of the benchmark; exact / near_duplicate count SOURCE items that match one,
+--   and the fractions are of the source's n_items.
+-- scope 'evaluated heldout' / 'evaluated all': the AlpacaEval items the experiment scored in that subset (over
+--   all its methods); exact / near_duplicate count those EVALUATED items that match a source item, and the
+--   fractions are of n_prompts. The held-out subset must show 0 exact overlap with the reference set.
 CREATE OR REPLACE VIEW contamination AS
 WITH sources AS (
     SELECT experiment, 'reference' AS source, count(*) AS n_items FROM reference GROUP BY experiment
@@ -188,12 +196,27 @@ hits AS (
            count(DISTINCT item_id) AS near_duplicate
     FROM contamination_matches
     GROUP BY experiment, source, benchmark
+),
+evaluated AS (
+    SELECT experiment, benchmark, subset, count(DISTINCT item_id) AS n_prompts
+    FROM evaluated_items
+    GROUP BY experiment, benchmark, subset
+),
+evaluated_hits AS (
+    SELECT e.experiment, c.source, e.benchmark, e.subset,
+           count(DISTINCT e.item_id) FILTER (WHERE c.match = 'exact') AS exact,
+           count(DISTINCT e.item_id) AS near_duplicate
+    FROM (SELECT DISTINCT experiment, benchmark, subset, item_id FROM evaluated_items) e
+    JOIN contamination_evaluated c
+      ON c.experiment = e.experiment AND c.benchmark = e.benchmark AND c.item_id = e.item_id
+    GROUP BY e.experiment, c.source, e.benchmark, e.subset
 )
 SELECT
     s.experiment,
     s.source,
     s.n_items,
     b.benchmark,
+    'benchmark' AS scope,
     b.n_prompts,
     b.ngram,
     coalesce(h.exact, 0) AS exact,
@@ -204,4 +227,23 @@ SELECT
 FROM sources s
 CROSS JOIN contamination_benchmarks b
 LEFT JOIN hits h ON h.experiment = s.experiment AND h.source = s.source AND h.benchmark = b.benchmark
-ORDER BY s.experiment, s.source, b.benchmark;
+UNION ALL
+SELECT
+    s.experiment,
+    s.source,
+    s.n_items,
+    e.benchmark,
+    'evaluated ' || e.subset AS scope,
+    e.n_prompts,
+    b.ngram,
+    coalesce(h.exact, 0) AS exact,
+    coalesce(h.near_duplicate, 0) AS near_duplicate,
+    coalesce(h.exact, 0) / e.n_prompts AS exact_fraction,
+    coalesce(h.near_duplicate, 0) / e.n_prompts AS near_duplicate_fraction,
+    b.note
+FROM sources s
+JOIN evaluated e ON e.experiment = s.experiment
+JOIN contamination_benchmarks b ON b.benchmark = e.benchmark
+LEFT JOIN evaluated_hits h
+  ON h.experiment = s.experiment AND h.source = s.source AND h.benchmark = e.benchmark AND h.subset = e.subset
+ORDER BY experiment, source, benchmark, scope;

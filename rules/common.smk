@@ -121,6 +121,15 @@ def student_input(method):
     return model_input(config["models"]["student"]) if method == "no_finetune" else [student_path(method)]
 
 
+def alpaca_eval_items():
+    """Which AlpacaEval items are scored: the subset(s), the limit and the seed of its sample."""
+    return {
+        "subset": config["eval"]["alpaca_eval"]["subset"],
+        "limit": config["eval"]["limit"]["alpaca_eval"],
+        "seed": config["seed"],
+    }
+
+
 def alpaca_eval_reference(method):
     """The paper compares every student with the Self-Instruct student; the option is AlpacaEval 2's GPT-4."""
     if config["eval"]["alpaca_eval"]["reference"] == "gpt4_1106_preview":

@@ -38,9 +38,11 @@ rule lm_eval:
 
 
 rule alpaca_eval_outputs:
-    """The student's answers to the AlpacaEval instructions (also the reference of the other methods)."""
+    """The student's answers to the AlpacaEval items its subsets score (also the reference of the other methods)."""
     input:
         student=lambda wc: student_input(wc.method),
+        # The held-out subset leaves out the influence reference set's instructions.
+        reference_set=f"{RESULTS}/pool/reference.parquet",
         chat_template=chat_template_input("student"),
     output:
         f"{RESULTS}/eval/{{method}}/alpaca_eval_outputs.json",
@@ -57,7 +59,7 @@ rule alpaca_eval_outputs:
         gpu=1,
     params:
         model=lambda wc: student_path(wc.method),
-        limit=config["eval"]["limit"]["alpaca_eval"],
+        alpaca_eval_items=alpaca_eval_items(),
         max_tokens=config["eval"]["alpaca_eval"]["max_tokens"],
         backend=config["eval"]["backend"],
         batch_size=config["eval"]["batch_size"],
@@ -71,6 +73,7 @@ rule alpaca_eval:
     input:
         outputs=f"{RESULTS}/eval/{{method}}/alpaca_eval_outputs.json",
         reference=lambda wc: alpaca_eval_reference(wc.method),
+        reference_set=f"{RESULTS}/pool/reference.parquet",
         judge=judge_input(),
     output:
         f"{RESULTS}/eval/{{method}}/alpaca_eval.json",
@@ -86,7 +89,7 @@ rule alpaca_eval:
         runtime=720,
         gpu=1,
     params:
-        limit=config["eval"]["limit"]["alpaca_eval"],
+        alpaca_eval_items=alpaca_eval_items(),
         judge=judge_params(),
         cache=JUDGE_CACHE,
     script:

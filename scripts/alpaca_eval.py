@@ -1,18 +1,22 @@
-from montessori.benchmarks.alpaca_eval import load_outputs, run_alpaca_eval
+import pandas as pd
+
+from montessori.benchmarks.alpaca_eval import load_outputs, run_alpaca_eval, selected_items
 from montessori.evaluate import eval_record
 from montessori.io import write_json
 from montessori.jobs import start_job
 from montessori.judges import judge_config, open_judge
 
 log = start_job(snakemake)
-method = snakemake.wildcards.method
+method, items = snakemake.wildcards.method, snakemake.params.alpaca_eval_items
 outputs, reference = load_outputs(snakemake.input.outputs), load_outputs(snakemake.input.reference)
 if snakemake.input.outputs == snakemake.input.reference:
     # The Self-Instruct student against itself: alpaca-eval scores identical outputs as ties (50%) without
     # asking the judge, but it needs two generator names.
     reference = [{**r, "generator": f"{r['generator']} (reference)"} for r in reference]
+reference_set = pd.read_parquet(snakemake.input.reference_set)["instruction"].tolist()
+selected, _ = selected_items(reference_set, items["subset"], items["limit"], items["seed"])
 with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as judge:
-    result = run_alpaca_eval(outputs, reference, judge, limit=snakemake.params.limit)
-record = eval_record(method, result, snakemake.params.limit)
+    result = run_alpaca_eval(outputs, reference, judge, selected)
+record = eval_record(method, result, items["limit"])
 write_json(record, snakemake.output[0])
-log.info("%s alpaca_eval: %s", method, record["scores"])
+log.info("%s alpaca_eval (%s): %s", method, ", ".join(selected), record["scores"])

@@ -63,6 +63,13 @@ def _eval(path: Path, benchmark: str, method: str, value: float) -> None:
     headline = scores["lc_win_rate"] if benchmark == "alpaca_eval" else value
     result = {"benchmark": benchmark, "method": method, "scores": scores, "score": headline, "n_items": 3,
               "judge": judge, "model": f"student-{method}", "source": "offline", "limit": 3}  # fmt: skip
+    if benchmark == "alpaca_eval":
+        # AlpacaEval item 0 is the reference set's first instruction, item 1 is held out.
+        subsets = {
+            "heldout": {"item_ids": ["alpaca_eval-001"]},
+            "all": {"item_ids": ["alpaca_eval-000", "alpaca_eval-001"]},
+        }
+        result.update(subset="heldout", details={"subsets": subsets})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
 
@@ -130,7 +137,10 @@ def write_experiment(results: Path, experiment: str, iterations: int, with_confi
 def write_data(data: Path) -> None:
     """Tiny benchmark files in the layout of data/ (GPQA left out: it must come out as not checked)."""
     files = {
-        "alpaca_eval/alpaca_eval_instructions.json": [{"instruction": "what is the capital of FRANCE"}],
+        "alpaca_eval/alpaca_eval_instructions.json": [
+            {"instruction": "what is the capital of FRANCE"},
+            {"instruction": "Name a bird that cannot fly."},
+        ],
         "mt_bench/question.jsonl": {"question_id": 81, "turns": ["Write a poem.", "Shorter."]},
         "gsm8k/test.jsonl": {"question": "1+1?", "answer": "#### 2"},
         "arc_challenge/ARC-Challenge-Test.jsonl": {"question": "Why is the sky blue?"},
@@ -220,9 +230,10 @@ def test_table1_has_the_paper_layout(built):
     _, db, _ = built
     table1 = query(db, "SELECT * FROM table1")
     assert list(table1.columns) == [
-        "experiment", "method", "iteration", "alpaca_eval_lc_win_rate", "alpaca_eval_win_rate", "mt_bench",
-        "arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu",
+        "experiment", "method", "iteration", "alpaca_eval_subset", "alpaca_eval_lc_win_rate", "alpaca_eval_win_rate",
+        "mt_bench", "arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu",
     ]  # fmt: skip
+    assert set(table1["alpaca_eval_subset"]) == {"heldout"}
     # The earlier teacher's student is the montessori row of iteration 1, as the paper's it1 beside it2.
     assert list(zip(table1["experiment"], table1["method"], table1["iteration"].fillna(-1))) == [
         ("alpha", "no_finetune", -1), ("alpha", "self_instruct", 0), ("alpha", "montessori", 1),
@@ -283,7 +294,8 @@ def test_costs_per_rule_and_per_candidate(built):
 
 def test_contamination_exact_and_ngram_overlap(built):
     _, db, _ = built
-    table = query(db, "SELECT * FROM contamination WHERE experiment = 'alpha'").set_index(["source", "benchmark"])
+    everything = query(db, "SELECT * FROM contamination WHERE experiment = 'alpha'")
+    table = everything[everything["scope"] == "benchmark"].set_index(["source", "benchmark"])
     assert len(table) == 2 * 7
     reference_alpaca = table.loc[("reference", "alpaca_eval")]
     assert reference_alpaca["exact"] == 1 and reference_alpaca["exact_fraction"] == 0.5
@@ -292,6 +304,22 @@ def test_contamination_exact_and_ngram_overlap(built):
     assert table["near_duplicate"].sum() == 2
     gpqa = table.loc[("seeds", "gpqa")]
     assert gpqa["n_prompts"] == 0 and "missing" in gpqa["note"]
+    # What was evaluated: the held-out subset shares nothing with the reference set, all 805 does (item 0).
+    evaluated = everything[everything["scope"] != "benchmark"].set_index(["source", "scope"])
+    assert set(evaluated.index) == {
+        (s, f"evaluated {subset}") for s in ("reference", "seeds") for subset in ("heldout", "all")
+    }
+    assert evaluated.loc[("reference", "evaluated heldout"), ["n_prompts", "exact", "near_duplicate"]].tolist() == [
+        1,
+        0,
+        0,
+    ]
+    assert evaluated.loc[("reference", "evaluated all"), ["n_prompts", "exact", "exact_fraction"]].tolist() == [
+        2,
+        1,
+        0.5,
+    ]
+    assert evaluated.loc[("seeds", "evaluated all"), "exact"] == 0
 
 
 def test_building_twice_gives_identical_tables(built, tmp_path):

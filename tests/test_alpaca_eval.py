@@ -145,12 +145,12 @@ def endpoint_judge(endpoint, tmp_path):
 def test_preferences_follow_the_judge_and_the_packages_order_swap(endpoint, tmp_path, with_logprobs):
     if not with_logprobs:
         endpoint.reply = lambda body: (200, chat_response("m"), 0.0)
-    instructions = load_instructions(8)
+    instructions = load_instructions()[:8]
     model = outputs(instructions, "student", lambda k: "model answer " * (k + 1))
     reference = outputs(instructions, "teacher", lambda k: f"reference answer {k}")
     reference[3]["output"] = model[3]["output"]
     with endpoint_judge(endpoint, tmp_path) as judge:
-        result = run_alpaca_eval(model, reference, judge, limit=6)
+        result = run_alpaca_eval(model, reference, judge, {"all": list(range(6))})
 
     assert (result["model"], result["reference"], result["judge"]) == ("student", "teacher", judge.judge_id)
     assert result["n_items"] == 6 and result["n_invalid"] == 0
@@ -182,27 +182,47 @@ def test_preferences_follow_the_judge_and_the_packages_order_swap(endpoint, tmp_
     preferences = [r["preference"] for r in records]
     assert result["win_rate"] == pytest.approx(100 * np.mean([p - 1 for p in preferences]))
     assert result["lc_glm"] == LC_GLM_OFFLINE and 0 < result["lc_win_rate"] < 100
+    assert result["subset"] == "all" and result["item_ids"] == [f"alpaca_eval-{i:03d}" for i in range(6)]
+    assert [r["item_id"] for r in records] == result["item_ids"]
+
+
+def test_several_subsets_judge_each_item_once(endpoint, tmp_path):
+    instructions = load_instructions()[:8]
+    model = outputs(instructions, "student", lambda k: "model answer " * (k + 1))
+    reference = outputs(instructions, "teacher", lambda k: f"reference answer {k}")
+    selected = {"heldout": [2, 3, 4, 5, 6, 7], "all": [0, 1, 2, 3, 4, 5]}
+    with endpoint_judge(endpoint, tmp_path) as judge:
+        result = run_alpaca_eval(model, reference, judge, selected)
+    assert len(endpoint.requests) == 8  # the union of the two subsets, each item once
+    assert result["subset"] == "heldout" and result["item_ids"] == result["subsets"]["heldout"]["item_ids"]
+    assert result["subsets"]["all"]["item_ids"] == [f"alpaca_eval-{i:03d}" for i in range(6)]
+    by_item = {r["item_id"]: r["preference"] for r in result["annotations"]}
+    for subset, indices in selected.items():
+        expected = 100 * np.mean([by_item[f"alpaca_eval-{i:03d}"] - 1 for i in indices])
+        assert result["subsets"][subset]["win_rate"] == pytest.approx(expected)
+        assert result["subsets"][subset]["n_items"] == 6
+    assert result["win_rate"] == result["subsets"]["heldout"]["win_rate"]
 
 
 def test_outputs_must_cover_the_instructions_and_be_named_apart(endpoint, tmp_path):
-    instructions = load_instructions(3)
+    instructions = load_instructions()[:3]
     model = outputs(instructions, "student", str)
     broken = outputs(instructions, "teacher", str)
     broken[1]["output"] = None
     with endpoint_judge(endpoint, tmp_path) as judge:
         with pytest.raises(DataError, match="model_outputs: no output for 1 of the 3"):
-            run_alpaca_eval(model[:2], outputs(instructions, "teacher", str), judge, limit=3)
+            run_alpaca_eval(model[:2], outputs(instructions, "teacher", str), judge, {"all": list(range(3))})
         with pytest.raises(ValueError, match="both named 'student'"):
-            run_alpaca_eval(model, outputs(instructions, "student", str), judge, limit=3)
+            run_alpaca_eval(model, outputs(instructions, "student", str), judge, {"all": list(range(3))})
         with pytest.raises(DataError, match=r"reference_outputs\[1\]: missing string field 'output'"):
-            run_alpaca_eval(model, broken, judge, limit=3)
+            run_alpaca_eval(model, broken, judge, {"all": list(range(3))})
     assert endpoint.requests == []
 
 
 def test_end_to_end_with_the_tiny_model_as_student_and_local_judge(tiny_model_dir, tmp_path):
     """Tiny model answers, the same tiny model judges against the vendored GPT-4 Turbo outputs: its preferences
     are noise or unparsable, and every item is still accounted for."""
-    instructions = load_instructions(4)
+    instructions = load_instructions()[:4]
     generator = load_generator(str(tiny_model_dir), backend="hf")
     answers = generator.generate(
         [[{"role": "user", "content": i["instruction"]}] for i in instructions], Sampling(temperature=0, max_tokens=12)
@@ -211,7 +231,7 @@ def test_end_to_end_with_the_tiny_model_as_student_and_local_judge(tiny_model_di
     model = outputs(instructions, "tiny-student", lambda k: answers[k][0].text)
     config = JudgeConfig(kind="local", model=str(tiny_model_dir), local_backend="hf", batch_size=4)
     with open_judge(config, tmp_path / "cache.sqlite") as judge:
-        result = run_alpaca_eval(model, load_outputs(GPT4_REFERENCE_FILE), judge, limit=4)
+        result = run_alpaca_eval(model, load_outputs(GPT4_REFERENCE_FILE), judge, {"all": list(range(4))})
     assert result["reference"] == "gpt4_1106_preview" and result["judge"] == "local-hf:tiny-random-llama"
     assert result["n_items"] == 4 and sum(result["preference_sources"].values()) == 4
     unparsed = result["preference_sources"].get("unparsed", 0)

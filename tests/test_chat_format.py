@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from montessori import chat_format
 from montessori.chat_format import ChatFormatError
+from montessori.benchmarks.alpaca_eval import selected_items
 from montessori.evaluate import answer_alpaca_eval
 from montessori.generate import HFGenerator
 from montessori.influence import InfluenceEngine
@@ -124,5 +125,6 @@ def test_a_base_student_runs_every_stage_in_each_builtin_format(base_with_llama3
     generator = HFGenerator(str(student), batch_size=2, dtype="float32", role="student")
     assert generator.chat_format.spec == spec
     assert generator.tokenizer.convert_tokens_to_ids(end) in generator.eos_ids
-    answers = answer_alpaca_eval(generator, "montessori", limit=2, max_tokens=8)
+    _, items = selected_items([], "all", limit=2, seed=0)
+    answers = answer_alpaca_eval(generator, "montessori", items, max_tokens=8)
     assert len(answers) == 2 and all(isinstance(a["output"], str) for a in answers)

@@ -77,7 +77,8 @@ def test_rules_write_the_database_figures_and_table1(workflow):
         assert (report / f"{name}.png").read_bytes().startswith(PNG_MAGIC), name
     csv = (report / "table1.csv").read_text().splitlines()
     assert (
-        csv[0].startswith("experiment,method,iteration,alpaca_eval_lc_win_rate") and len(csv) == 1 + 4 + 3
+        csv[0].startswith("experiment,method,iteration,alpaca_eval_subset,alpaca_eval_lc_win_rate")
+        and len(csv) == 1 + 4 + 3
     )  # alpha, beta rows
     assert "<table" in (report / "table1.html").read_text()
     assert (workflow / "results/alpha/benchmarks/plots.tsv").exists()

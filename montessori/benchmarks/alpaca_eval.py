@@ -30,6 +30,7 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 
+from montessori.benchmarks import alpaca_eval_subsets as subsets
 from montessori.benchmarks.offline_data import DATA_DIR
 from montessori.io import DataError, read_records
 from montessori.judges import Judge, Judgment
@@ -50,11 +51,19 @@ LC_GLM_OFFLINE = "length_controlled_minimal"
 OUTPUT_FIELDS = ("instruction", "output", "generator")
 
 
-def load_instructions(limit: int | None = None) -> list[dict[str, Any]]:
-    """The first `limit` (all 805 if None) AlpacaEval instructions as {dataset, instruction}."""
+def load_instructions() -> list[dict[str, Any]]:
+    """The 805 AlpacaEval instructions as {dataset, instruction}, in benchmark order."""
+    return read_records(INSTRUCTIONS_FILE, required=("instruction",))
+
+
+def selected_items(reference_instructions: list[str], subset: str | list[str], limit: int | None, seed: int):
+    """({subset: item positions}, the items every subset needs answered) — montessori.benchmarks.
+    alpaca_eval_subsets says which items each subset holds."""
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1 (or None for all 805 instructions), got {limit}")
-    return read_records(INSTRUCTIONS_FILE, required=("instruction",))[:limit]
+        raise ValueError(f"config key 'eval.limit.alpaca_eval' must be >= 1 (or null for all items), got {limit}")
+    records = load_instructions()
+    chosen = subsets.select([r["instruction"] for r in records], reference_instructions, subset, limit, seed)
+    return chosen, subsets.items(records, subsets.union(chosen))
 
 
 def load_outputs(path: str | Path) -> list[dict[str, Any]]:
@@ -202,8 +211,8 @@ def _gamed_file_from_disk(gamed_file: Path) -> Iterator[None]:
 
 
 def winrates(annotations: pd.DataFrame, gamed_file: Path | None = GAMED_FILE) -> dict[str, Any]:
-    """The package's win rate and length-controlled win rate of `annotations` (the annotator's rows, in the order
-    of the AlpacaEval instructions, which the full GLM uses as instruction ids).
+    """The package's win rate and length-controlled win rate of `annotations` (the annotator's rows, indexed by
+    their AlpacaEval positions, which the full GLM uses as instruction ids).
 
     With `gamed_file` on disk the length control is AlpacaEval 2's `length_controlled_v1`. Without it, the package's
     `length_controlled_minimal` GLM (length term + intercept, fit on these annotations alone): comparable between
@@ -253,18 +262,20 @@ def run_alpaca_eval(
     model_outputs: Sequence[Mapping[str, Any]],
     reference_outputs: Sequence[Mapping[str, Any]],
     judge: Judge,
-    limit: int | None = None,
+    selected: dict[str, list[int]],
     gamed_file: Path | None = GAMED_FILE,
 ) -> dict[str, Any]:
-    """AlpacaEval 2 of `model_outputs` against `reference_outputs` on the first `limit` instructions.
+    """AlpacaEval 2 of `model_outputs` against `reference_outputs` on the items of each subset in `selected`
+    ({subset: item positions}, from `selected_items`); the first subset's metrics are the headline.
 
     Both are lists of {instruction, output, generator} covering those instructions (extra ones are ignored), each
     from one generator, and the two generator names must differ: the package takes equal names for a model
-    compared with itself. Returns the metrics and, under "annotations", one record per instruction.
+    compared with itself. Every item is judged once, whichever subsets hold it. Returns the metrics of the
+    first subset, every subset's under "subsets", and, under "annotations", one record per item.
     """
     from alpaca_eval.annotators import PairwiseAnnotator
 
-    instructions = load_instructions(limit)
+    instructions = subsets.items(load_instructions(), subsets.union(selected))
     model = _aligned(model_outputs, instructions, "model_outputs")
     reference = _aligned(reference_outputs, instructions, "reference_outputs")
     model_name, reference_name = model[0]["generator"], reference[0]["generator"]
@@ -285,10 +296,17 @@ def run_alpaca_eval(
     parser_kwargs = single.fn_completion_parser.keywords
     annotations = pd.DataFrame(annotator.annotate_head2head(outputs_1=reference, outputs_2=model, is_ordered=True))
     annotations["preference"] = annotations["preference"].astype(float)
-    metrics = winrates(annotations, gamed_file)
+    position = {item["item_id"]: row for row, item in enumerate(instructions)}
+    by_subset = {}
+    for name, indices in selected.items():
+        rows = [position[subsets.item_id(i)] for i in indices]
+        # Indexed by AlpacaEval position: the full length-controlled GLM reads the index as instruction ids.
+        scored = annotations.iloc[rows].set_axis(indices, axis=0)
+        by_subset[name] = {"item_ids": [subsets.item_id(i) for i in indices], **_metrics(scored, gamed_file)}
+    primary = next(iter(by_subset))
 
     records = []
-    for row in annotations.to_dict(orient="records"):
+    for item, row in zip(instructions, annotations.to_dict(orient="records")):
         found = completions.find(single.prompt_template, row["instruction"], row["output_1"], row["output_2"])
         if found is None:
             # The package ties identical outputs without asking the judge.
@@ -299,6 +317,7 @@ def run_alpaca_eval(
             judge_output = judgment.text
         records.append(
             {
+                "item_id": item["item_id"],
                 "instruction": row["instruction"],
                 "reference": row["generator_1"],
                 "model": row["generator_2"],
@@ -316,9 +335,21 @@ def run_alpaca_eval(
         "reference": reference_name,
         "judge": judge.judge_id,
         "annotator": ANNOTATOR_CONFIG.parent.name,
-        "n_items": len(records),
-        "n_invalid": int(annotations["preference"].isna().sum()),
+        "subset": primary,
+        **by_subset[primary],
         "preference_sources": dict(Counter(r["preference_source"] for r in records)),
+        "avg_length": float(np.mean([len(r["output"]) for r in model])),
+        "subsets": by_subset,
+        "annotations": records,
+    }
+
+
+def _metrics(annotations: pd.DataFrame, gamed_file: Path | None) -> dict[str, Any]:
+    """The package's win rates of some annotations (one subset's), as plain JSON values."""
+    metrics = winrates(annotations, gamed_file)
+    return {
+        "n_items": len(annotations),
+        "n_invalid": int(annotations["preference"].isna().sum()),
         "win_rate": _plain(metrics["win_rate"]),
         "standard_error": _plain(metrics["standard_error"]),
         "discrete_win_rate": _plain(metrics["discrete_win_rate"]),
@@ -329,6 +360,4 @@ def run_alpaca_eval(
         "n_wins": _plain(metrics["n_wins"]),
         "n_wins_base": _plain(metrics["n_wins_base"]),
         "n_draws": _plain(metrics["n_draws"]),
-        "avg_length": float(np.mean([len(r["output"]) for r in model])),
-        "annotations": records,
     }
