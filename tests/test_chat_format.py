@@ -9,8 +9,8 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from montessori import chat_format
-from montessori.chat_format import ChatFormatError
 from montessori.benchmarks.alpaca_eval import selected_items
+from montessori.chat_format import ChatFormatError
 from montessori.evaluate import answer_alpaca_eval
 from montessori.generate import HFGenerator
 from montessori.influence import InfluenceEngine
