@@ -3,8 +3,8 @@
 Each stage is one kind of job: its model (sizes from config.json, montessori.model_sizes), the bytes per
 parameter it holds, the work memory that comes on top (activations of training, the KV cache of generation) and
 how the job may span GPUs (FSDP: any count; vLLM tensor parallelism: 1, 2, 4 or 8 dividing the heads; hf
-generation: one). The GPU count is the smallest at which every GPU's share fits. The assumptions are printed
-with the plan (montessori.plan_report.ASSUMPTIONS).
+generation: one). The GPU count is the smallest at which every GPU's share fits. montessori.plan_stages says
+which stages a config has; montessori.plan_report prints them with the assumptions (ASSUMPTIONS).
 """
 
 from __future__ import annotations
@@ -134,10 +134,6 @@ def checkpointing(section: dict[str, Any]) -> bool:
     return section.get("gradient_checkpointing", False) in (True, "auto", "on")
 
 
-def _gc(section: dict[str, Any]) -> str:
-    return ", gradient checkpointing" if checkpointing(section) else ", no gradient checkpointing"
-
-
 def lora_parameters(shape: ModelShape, rank: int) -> int:
     """LoRA adapters of every linear layer of the decoder ("all-linear": not the lm_head): r x (in + out) each."""
     h, i = shape.hidden_size, shape.intermediate_size
@@ -148,174 +144,6 @@ def lora_parameters(shape: ModelShape, rank: int) -> int:
 
 def inference_dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
-
-
-def generation_stage(
-    name: str, role: str, shape: ModelShape, jobs: int, backend: str, dtype: str, sequences: int, tokens: int,
-    utilization: float,
-) -> Stage:  # fmt: skip
-    """vLLM: weights + KV for one max-length sequence at the least, more KV only buys concurrency; hf: the KV of
-    a whole generate batch on one GPU."""
-    width = inference_dtype_bytes(dtype)
-    kv = shape.kv_bytes_per_token(width)
-    what = f"{'bf16' if width == 2 else 'float32'} weights; KV cache {kv / 1024:.0f} KiB per token"
-    if backend == "vllm":
-        return Stage(
-            name=f"{name} (vLLM)", role=role, shape=shape, jobs=jobs, bytes_per_param=width, holds=what,
-            parallel="tp", work_item_bytes=kv * shape.max_position_embeddings, work_items=1, work_split="tensor",
-            utilization=utilization, sequence_tokens=tokens, kv_per_token=kv,
-            note=f"at least one {shape.max_position_embeddings}-token sequence (vLLM's max_model_len); "
-            f"sequences here are up to {tokens:,} tokens",
-        )  # fmt: skip
-    return Stage(
-        name=f"{name} (hf)", role=role, shape=shape, jobs=jobs, bytes_per_param=width, holds=what, parallel="one",
-        work_item_bytes=kv * tokens, work_items=sequences, work_split="none", sequence_tokens=tokens,
-        kv_per_token=kv, note=f"{sequences} sequences of up to {tokens:,} tokens per generate batch",
-    )  # fmt: skip
-
-
-def build_stages(config: dict[str, Any], shapes: dict[str, ModelShape]) -> list[Stage]:
-    teacher, student = shapes["teacher"], shapes["student"]
-    gen, syn, ev, inf = config["generation"], config["synthesis"], config["eval"], config["influence"]
-    iterations, methods, final = config["iterations"], ev["methods"], config["final"]["methods"]
-    c = syn["candidates_per_prompt"]
-    prompt = PROMPT_OVERHEAD_TOKENS + syn["in_context"] * math.ceil(syn["filters"]["max_chars"] / 3)
-    synthesis_tokens = max(prompt + syn["instruction"]["max_tokens"], QUESTION_TOKENS + syn["response"]["max_tokens"])
-    util = gen["vllm_gpu_memory_utilization"]
-    stages = [
-        generation_stage(
-            "synthesis",
-            "teacher",
-            teacher,
-            1 + iterations + len(final),
-            gen["backend"],
-            gen["dtype"],
-            gen["batch_size"] * c,
-            synthesis_tokens,
-            util,
-        )  # fmt: skip
-    ]
-    warm = config["warmup"]
-    stages.append(
-        Stage(
-            name="warm-up",
-            role="student",
-            shape=student,
-            jobs=1,
-            bytes_per_param=16,
-            holds="float32 weights 4 + gradients 4 + AdamW moments 8",
-            parallel="fsdp",
-            work_item_bytes=activation_bytes(student, warm["max_length"], 4, checkpointing(warm)),
-            work_items=warm["batch_size"],
-            work_split="data",
-            note=f"batch of {warm['batch_size']} x {warm['max_length']} tokens, split across GPUs{_gc(warm)}",
-        )  # fmt: skip
-    )
-    candidate = activation_bytes(student, inf["max_length"], 4)
-    # Reference evaluation: inference, so only the float32 logits of a batch (and one float64 row) stay.
-    references = (inf["reference_batch_size"] * 4 + 8) * inf["max_length"] * student.vocab_size
-    work = max(candidate, references)
-    mode, k = inf.get("mode", "exact"), inf.get("candidate_batch_size", DEFAULT_CANDIDATE_BATCH)
-    k_note = "" if "candidate_batch_size" in inf else " (assumed)"
-    for this_mode, per_param, holds in (
-        ("exact", 28, "warm-up's 16 + in-memory snapshot of weights and AdamW moments 12"),
-        ("first_order", 20 + 4 * k, f"weights 4 + AdamW moments 8 + two gradient-sized buffers 8 + K={k}{k_note} "
-         f"per-example gradients {4 * k}"),
-    ):  # fmt: skip
-        stages.append(
-            Stage(
-                name=f"influence shard, {this_mode}",
-                role="student",
-                shape=student,
-                jobs=inf["shards"] * iterations,
-                bytes_per_param=per_param,
-                holds=holds,
-                parallel="fsdp",
-                work_item_bytes=work,
-                work_items=1,
-                work_split="none",
-                selected=this_mode == mode,
-                note=f"one candidate of {inf['max_length']} tokens (or a batch of {inf['reference_batch_size']} "
-                "references) on every GPU",
-            )  # fmt: skip
-        )
-    dpo = config["dpo"]
-    pairs_tokens = 2 * dpo["batch_size"] * dpo["max_length"]
-    dpo_work = activation_bytes(teacher, pairs_tokens, training_bytes_per_value(dpo["precision"]), checkpointing(dpo))
-    if dpo["lora"]["enabled"]:
-        adapters = lora_parameters(teacher, dpo["lora"]["r"])
-        dpo_holds = f"frozen float32 weights 4 (no reference copy: TRL disables the adapters); {adapters:,} adapter "
-        dpo_holds += "parameters x 16"
-        dpo_per_param, dpo_extra = 4, 16 * adapters
-    else:
-        dpo_holds, dpo_per_param, dpo_extra = "policy 16 (as warm-up) + float32 reference model 4", 20, 0
-    stages.append(
-        Stage(
-            name="DPO",
-            role="teacher",
-            shape=teacher,
-            jobs=iterations,
-            bytes_per_param=dpo_per_param,
-            holds=dpo_holds,
-            parallel="fsdp",
-            work_item_bytes=dpo_work,
-            work_items=1,
-            work_split="none",
-            extra_state_bytes=dpo_extra,
-            note=f"{dpo['batch_size']} pairs (chosen + rejected) x {dpo['max_length']} tokens on every GPU{_gc(dpo)}",
-        )  # fmt: skip
-    )
-    sft = config["sft"]
-    stages.append(
-        Stage(
-            name="SFT",
-            role="student",
-            shape=student,
-            jobs=len(final),
-            bytes_per_param=16,
-            holds="float32 weights 4 + gradients 4 + AdamW moments 8",
-            parallel="fsdp",
-            work_item_bytes=activation_bytes(
-                student, sft["max_length"], training_bytes_per_value(sft["precision"]), checkpointing(sft)
-            ),
-            work_items=sft["micro_batch_size"],
-            work_split="none",
-            note=f"micro-batch of {sft['micro_batch_size']} x {sft['max_length']} tokens on every GPU{_gc(sft)}",
-        )  # fmt: skip
-    )
-    eval_jobs = len(methods) * sum(b in ev["benchmarks"] for b in (*LM_EVAL_BENCHMARKS, "alpaca_eval", "mt_bench"))
-    answer = max(ev["alpaca_eval"]["max_tokens"], 2 * ev["mt_bench"]["max_tokens"])
-    stages.append(
-        generation_stage(
-            "evaluation",
-            "student",
-            student,
-            eval_jobs,
-            ev["backend"],
-            gen["dtype"],
-            ev["batch_size"],
-            QUESTION_TOKENS + answer,
-            util,
-        )  # fmt: skip
-    )
-    judge = ev["judge"]
-    if judge["kind"] == "local":
-        judge_jobs = len(judged_alpaca_eval_methods(config)) + (len(methods) if "mt_bench" in ev["benchmarks"] else 0)
-        judge_tokens = JUDGE_PROMPT_TOKENS + 2 * ev["alpaca_eval"]["max_tokens"] + judge["max_tokens"]
-        stages.append(
-            generation_stage(
-                "local judge",
-                "judge",
-                shapes["judge"],
-                judge_jobs,
-                judge["local_backend"],
-                "auto",
-                JUDGE_HF_BATCH,
-                judge_tokens,
-                VLLM_SERVER_UTILIZATION,
-            )  # fmt: skip
-        )
-    return stages
 
 
 def judged_alpaca_eval_methods(config: dict[str, Any]) -> list[str]:

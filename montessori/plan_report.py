@@ -15,11 +15,11 @@ from montessori.plan import (
     VLLM_NON_KV,
     VLLM_SERVER_UTILIZATION,
     Stage,
-    build_stages,
     merged_config,
     model_shapes,
     totals,
 )
+from montessori.plan_stages import build_stages
 
 _MEMORY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(GB|GiB|G)?\s*$", re.IGNORECASE)
 HOW = {"fsdp": "FSDP", "tp": "TP", "one": "single"}

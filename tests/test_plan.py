@@ -12,12 +12,12 @@ from montessori.model_sizes import ModelConfigError, model_config, model_shape, 
 from montessori.plan import (
     CUDA_CONTEXT,
     GB,
-    build_stages,
     merged_config,
     model_shapes,
     totals,
 )
 from montessori.plan_report import parse_memory
+from montessori.plan_stages import build_stages
 from tests.conftest import ROOT
 
 SMALL_CONFIGS = {
