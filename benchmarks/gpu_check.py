@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             f"engine start {result['engine_seconds']:.2f} s, {result['seconds_per_candidate']:.3f} s per candidate"
         )
         peak = result["peak_gpu_bytes"]
-        print(f"peak GPU memory: {peak / 2**30:.2f} GiB" if peak is not None else "peak GPU memory: n/a (no GPU)")
+        label = "peak GPU memory (influence engine)"
+        print(f"{label}: {peak / 2**30:.2f} GiB" if peak is not None else f"{label}: n/a (no GPU)")
         if args.cpu_candidates:
             cpu = cpu_scores(scratch / "warm", args)
             print(

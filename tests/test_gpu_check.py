@@ -46,7 +46,7 @@ def test_gpu_check_runs_on_cpu_and_prints_its_fields():
     assert re.search(
         r"^influence on cpu: 2 candidates x 2 references, engine start [0-9.]+ s, [0-9.]+ s per", out, re.M
     )
-    assert "peak GPU memory: n/a (no GPU)" in out
+    assert "peak GPU memory (influence engine): n/a (no GPU)" in out
     match = re.search(r"^agreement cpu vs cpu: .* max abs diff (\S+), max rel diff (\S+) \(largest", out, re.M)
     assert match and float(match.group(1)) < 1e-9  # the same device twice: only padding differs (batch 8 vs 1)
     assert re.search(r"^total: [0-9.]+ s$", out, re.M)
