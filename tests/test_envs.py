@@ -85,7 +85,9 @@ def rule_envs(configfile: str) -> dict[str, Path | None]:
     return {name: Path(env) if env else None for name, env in envs.items()}
 
 
-@pytest.mark.parametrize(("configfile", "env"), [("config.yaml", "cpu"), ("configs/paper.yaml", "gpu")])
+@pytest.mark.parametrize(
+    ("configfile", "env"), [("config.yaml", "cpu"), ("configs/paper.yaml", "gpu"), ("configs/paper_1b.yaml", "gpu")]
+)
 def test_every_job_runs_in_the_configured_env(configfile, env):
     envs = rule_envs(configfile)
     assert envs.pop("all") is None  # rule all runs nothing

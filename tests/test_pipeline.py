@@ -64,6 +64,28 @@ def test_paper_config_dry_run():
     assert "build_model" not in jobs  # hub ids: nothing to build
 
 
+def test_paper_1b_config_dry_run():
+    jobs = planned_jobs("--configfile", "configs/paper_1b.yaml", "--config", "experiment=dryrun-paper-1b")
+    assert jobs["influence_shard"] == 2 * 16 and jobs["dpo_teacher"] == 2
+    assert jobs["synthesize_final"] == 3 and jobs["sft_student"] == 3  # self_instruct, it1, it2
+    assert jobs["lm_eval"] == 4 * 5 and jobs["mt_bench"] == 4  # 4 students x every benchmark
+    assert "build_model" not in jobs  # hub ids: nothing to build
+
+
+@pytest.mark.parametrize("configfile", ["configs/paper.yaml", "configs/paper_1b.yaml"])
+def test_paper_configs_plan_with_the_slurm_profile(configfile):
+    """The cluster profile plans both paper settings. It deploys software with conda, whose envs a dry run resolves
+    with a conda binary this machine lacks; `--sdm env-modules` replaces that method (no rule declares modules, so
+    nothing else changes): on a cluster with conda, drop it."""
+    experiment = "dryrun-slurm-" + configfile.split("/")[-1].removesuffix(".yaml")
+    args = ("--profile", "profiles/slurm", "--sdm", "env-modules", "--configfile", configfile)
+    out = snakemake("-n", *args, "--config", f"experiment={experiment}").stdout
+    shards = [block for block in out.split("\nrule ") if block.startswith("influence_shard:")]
+    assert len(shards) == 2 * 16
+    assert all("slurm_partition=gpu" in block and "gpu=1" in block for block in shards)
+    assert "This was a dry-run" in out
+
+
 def test_set_scatter_changes_the_number_of_shards():
     jobs = planned_jobs("--config", "experiment=dryrun-scatter", "--set-scatter", "influence=5")
     assert jobs["influence_shard"] == 2 * 5
