@@ -12,8 +12,12 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.
 
 from montessori.config import validate_config
 
+# The embedded default, unless config files are given: `--configfile configs/paper.yaml` replaces it instead of
+# merging into it, so keys a config leaves out take the schema's defaults (the paper's numbers), never the
+# laptop sizes of config.yaml. `--config KEY=VALUE` still applies on top of either.
+if not workflow.overwrite_configfiles:
 
-configfile: "config.yaml"
+    configfile: "config.yaml"
 
 
 # Fills the schema's defaults in place and fails before any job runs, naming the bad key.

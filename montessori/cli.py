@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--max-width", type=int, default=60, help="cut longer cells to this many characters")
     plan = commands.add_parser(
         "plan", help="accelerator memory and GPU count of every stage of a config, and the run's totals",
-        description="Reads CONFIG as `snakemake --configfile CONFIG` does (merged over config.yaml, defaults filled "
+        description="Reads CONFIG as `snakemake --configfile CONFIG` does (the file alone, schema defaults filled "
         "in) and each model's config.json; loads no weights.",
     )  # fmt: skip
     plan.add_argument("config", help="a config file, e.g. configs/paper.yaml")

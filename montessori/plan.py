@@ -21,7 +21,6 @@ from montessori.methods import SELF_INSTRUCT
 from montessori.model_sizes import ModelShape, model_shape
 
 GB = 1e9
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 CUDA_CONTEXT = 1.0 * GB  # per GPU: CUDA context, cuBLAS/NCCL workspaces
 TRAINING_HEADROOM = 0.90  # a training job may fill 90% of a GPU; the rest is allocator fragmentation
 VLLM_NON_KV = 2.0 * GB  # per GPU: vLLM's activation peak, CUDA graphs, sampler, context
@@ -99,18 +98,11 @@ class Stage:
         return max(0, int(room // (self.sequence_tokens * self.kv_per_token)))
 
 
-def merged_config(path: str | Path, base: Path = DEFAULT_CONFIG) -> dict[str, Any]:
-    """The config `snakemake --configfile PATH` runs: the Snakefile's config.yaml with PATH merged over it
-    (Snakemake's own update_config: nested keys merge, lists and values replace), then validated with defaults."""
-    from snakemake.utils import update_config
-
-    path = Path(path)
-    with open(base) as f:
-        config = yaml.safe_load(f) or {}
-    if path.resolve() != base.resolve():
-        with open(path) as f:
-            update_config(config, yaml.safe_load(f) or {})
-    return validate_config(config)
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The config `snakemake --configfile PATH` runs: PATH alone (it replaces the Snakefile's config.yaml), with
+    the schema's defaults filled in."""
+    with open(path) as f:
+        return validate_config(yaml.safe_load(f) or {})
 
 
 def training_bytes_per_value(precision: str) -> int:

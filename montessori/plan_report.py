@@ -8,14 +8,13 @@ from pathlib import Path
 
 from montessori.plan import (
     CUDA_CONTEXT,
-    DEFAULT_CONFIG,
     GB,
     MAX_FSDP_GPUS,
     TRAINING_HEADROOM,
     VLLM_NON_KV,
     VLLM_SERVER_UTILIZATION,
     Stage,
-    merged_config,
+    load_config,
     model_shapes,
     totals,
 )
@@ -106,13 +105,12 @@ def _details(stage: Stage, gpu_bytes: float) -> str:
     return text
 
 
-def render(config_path: str | Path, gpu_bytes: float, base: Path = DEFAULT_CONFIG) -> str:
-    config = merged_config(config_path, base)
+def render(config_path: str | Path, gpu_bytes: float) -> str:
+    config = load_config(config_path)
     shapes = model_shapes(config)
     stages = build_stages(config, shapes)
-    over = "" if Path(config_path).resolve() == base.resolve() else f" merged over {base.name}"
     lines = [
-        f"montessori plan: {config_path}{over} (experiment {config['experiment']}), GPUs of {_gb(gpu_bytes)} GB",
+        f"montessori plan: {config_path} (experiment {config['experiment']}), GPUs of {_gb(gpu_bytes)} GB",
         "",
         "models",
     ]

@@ -86,6 +86,14 @@ def test_paper_configs_plan_with_the_slurm_profile(configfile):
     assert "This was a dry-run" in out
 
 
+def test_a_config_file_replaces_the_embedded_default(tmp_path):
+    """Keys a --configfile leaves out take the schema's defaults (the paper's), not config.yaml's laptop sizes."""
+    minimal = tmp_path / "minimal.yaml"
+    minimal.write_text("experiment: dryrun-minimal\n")
+    jobs = planned_jobs("--configfile", str(minimal))
+    assert jobs["influence_shard"] == 2 * 8  # the schema's influence.shards, not config.yaml's 1
+
+
 def test_set_scatter_changes_the_number_of_shards():
     jobs = planned_jobs("--config", "experiment=dryrun-scatter", "--set-scatter", "influence=5")
     assert jobs["influence_shard"] == 2 * 5
