@@ -9,7 +9,7 @@ CORES ?= 2
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint dryrun report bench-influence bench-rouge gpu-check slurm-check lock lock-gpu clean-results
+.PHONY: run test lint dryrun report bench-influence bench-rouge bench-dag gpu-check slurm-check lock lock-gpu clean-results
 
 run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
@@ -37,6 +37,10 @@ bench-influence: $(STAMP)
 
 bench-rouge: $(STAMP)
 	$(BIN)/python benchmarks/rouge_filter.py
+
+# How long `snakemake -n` takes (on a finished run: the no-op), and that it imports no torch, vLLM or duckdb.
+bench-dag: $(STAMP)
+	$(BIN)/python benchmarks/dag_time.py
 
 # The accelerator check (benchmarks/gpu_check.py): warm-up and exact influence of a SmolLM2-135M-sized random
 # model on the GPU, checked against the CPU. It needs only torch, transformers, pandas and pyarrow, so it runs on a

@@ -99,6 +99,13 @@ def test_set_scatter_changes_the_number_of_shards():
     assert jobs["influence_shard"] == 2 * 5
 
 
+def test_building_the_dag_imports_no_heavy_library():
+    """torch, transformers, vLLM and duckdb cost seconds to import; `snakemake -n` needs none of them."""
+    from benchmarks.dag_time import heavy_imports
+
+    assert heavy_imports(["--config", "experiment=dryrun-imports"]) == []
+
+
 def test_unknown_config_key_fails_before_any_job():
     result = snakemake("-n", "--config", "bogus=1", check=False)
     assert result.returncode != 0
