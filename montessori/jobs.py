@@ -32,7 +32,10 @@ def start_job(snakemake: Any) -> logging.Logger:
     name = snakemake.rule
     if snakemake.log:
         os.makedirs(os.path.dirname(snakemake.log[0]) or ".", exist_ok=True)
-        log_file = open(snakemake.log[0], "w", buffering=1)
+        # Truncated, then appended to: the ranks of a multi-process job (montessori.launch) append to it too,
+        # and a file opened for writing at an offset would overwrite their lines.
+        open(snakemake.log[0], "w").close()
+        log_file = open(snakemake.log[0], "a", buffering=1)
         sys.stderr = _Tee(sys.__stderr__, log_file)
     logging.basicConfig(
         level=logging.INFO,
