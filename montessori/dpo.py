@@ -2,7 +2,8 @@
 
 TRL's DPOTrainer does the optimisation; this module turns pairs into its conversational format, sizes the
 warmup-stable-decay schedule from the number of optimizer steps actually taken, and saves a plain HF model
-directory (LoRA adapters merged) that transformers and vLLM load.
+directory (LoRA adapters merged) that transformers and vLLM load. A job of G processes (montessori.launch; FSDP on
+GPUs, DDP on CPU) keeps the effective batch and saves the same kind of folder (montessori.parallel_training).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from montessori import chat_format
-from montessori.io import atomic_path
+from montessori.io import read_frame
+from montessori.parallel_training import DEFAULT_FSDP_CONFIG, parallelism, save_full_model
 from montessori.precision import default_device, trains_in_bf16
-from montessori.schedule import WsdSteps, optimizer_steps, wsd_steps
+from montessori.schedule import WsdSteps, dpo_accumulation, optimizer_steps, wsd_steps
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,17 @@ def _lora_config(lora: Mapping[str, Any]):
     )
 
 
+def _merged_lora_model(teacher_path: str | Path, lora: Mapping[str, Any], state: dict[str, torch.Tensor]):
+    """The teacher with the trained adapters merged in, rebuilt from the gathered state dict of the PEFT model:
+    under FSDP no rank holds the whole adapted model, so the merge happens on a fresh copy (on rank 0)."""
+    from peft import get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
+    adapted = get_peft_model(base, _lora_config(lora))
+    adapted.load_state_dict(state, strict=True)
+    return adapted.merge_and_unload()
+
+
 def _summary(trainer, train_output, n_pairs: int, plan: WsdSteps, lora: bool, seconds: float) -> dict[str, Any]:
     steps = [entry for entry in trainer.state.log_history if "loss" in entry and "step" in entry]
     history = [{"step": e["step"], **{k: e[k] for k in HISTORY_KEYS if k in e}} for e in steps]
@@ -92,7 +105,7 @@ def _summary(trainer, train_output, n_pairs: int, plan: WsdSteps, lora: bool, se
 
 def train_teacher(
     teacher_path: str | Path,
-    pairs: pd.DataFrame,
+    pairs: pd.DataFrame | str | Path,
     out_dir: str | Path,
     *,
     beta: float,
@@ -106,8 +119,16 @@ def train_teacher(
     seed: int,
     precision: str = "auto",
     chat_template: str = chat_format.AUTO,
+    gradient_checkpointing: str | bool = "auto",
+    fsdp_config: str | Path = DEFAULT_FSDP_CONFIG,
 ) -> dict[str, Any]:
-    """DPO-train the teacher at `teacher_path` on `pairs`; write the updated teacher to `out_dir`; return a summary.
+    """DPO-train the teacher at `teacher_path` on `pairs` (a frame or a parquet file); write the updated teacher to
+    `out_dir`; return a summary.
+
+    Each optimizer step sees `batch_size` x `gradient_accumulation` pairs (the effective batch) at any number of
+    processes G (torchrun's WORLD_SIZE): `batch_size` pairs per device and forward pass, gradient_accumulation / G
+    accumulation steps per rank. `gradient_checkpointing` (auto = in multi-process jobs) and `fsdp_config` (the
+    FSDP settings of multi-GPU jobs) are dpo.gradient_checkpointing and dpo.fsdp_config.
 
     TRL renders the pairs in the teacher's chat format (`chat_template`, models.chat_template.teacher), the one
     the teacher wrote them in; teacher_i keeps it in its folder.
@@ -122,6 +143,9 @@ def train_teacher(
 
     _require_keys(schedule, SCHEDULE_KEYS, "dpo.schedule")
     _require_keys(lora, LORA_KEYS, "dpo.lora")
+    pairs = read_frame(pairs)
+    parallel = parallelism(gradient_checkpointing, fsdp_config, "dpo.fsdp_config")
+    accumulation = dpo_accumulation(batch_size, gradient_accumulation, parallel.processes)
     if pairs.empty:
         raise ValueError(f"no preference pairs to train the teacher {teacher_path} on")
     started = time.monotonic()
@@ -140,7 +164,7 @@ def train_teacher(
             beta=beta,
             learning_rate=lr,
             per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=gradient_accumulation,
+            gradient_accumulation_steps=accumulation,
             num_train_epochs=epochs,
             max_length=max_length,
             lr_scheduler_type="warmup_stable_decay",
@@ -149,8 +173,6 @@ def train_teacher(
             # transformers refuses bf16 without a GPU unless the CPU is named as the device.
             use_cpu=default_device().type == "cpu",
             fp16=False,
-            # Recomputing activations costs ~20% more time; the teachers this runs on fit in memory without it.
-            gradient_checkpointing=False,
             seed=seed,
             data_seed=seed,
             dataloader_pin_memory=torch.cuda.is_available(),
@@ -159,6 +181,7 @@ def train_teacher(
             logging_steps=1,
             # Without progress bars the Trainer prints each step's logs to stdout (PrinterCallback).
             disable_tqdm=True,
+            **parallel.training_arguments(),
         )
         trainer = DPOTrainer(
             model=model,
@@ -181,7 +204,7 @@ def train_teacher(
                 max_length,
             )
         # The trainer drops those pairs while it is built, so the schedule is sized from the pairs it kept.
-        total = optimizer_steps(n_trained, batch_size, gradient_accumulation, epochs)
+        total = optimizer_steps(n_trained, batch_size, accumulation, epochs, parallel.processes)
         plan = wsd_steps(total, schedule["warmup"], schedule["stable"], schedule["decay"], key="dpo.schedule")
         trainer.args.warmup_steps = plan.warmup
         trainer.args.lr_scheduler_kwargs = {
@@ -195,14 +218,18 @@ def train_teacher(
             warnings.filterwarnings("ignore", message="Both num_training_steps and num_stable_steps are specified")
             train_output = trainer.train()
 
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    if lora["enabled"]:
-        trained = trained.merge_and_unload()
-    trained.config.use_cache = use_cache
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        trained.save_pretrained(tmp)
-        chat_format.save(tokenizer, fmt, tmp)
+    def write(folder: Path, state: dict[str, torch.Tensor]) -> None:
+        if lora["enabled"]:
+            _merged_lora_model(teacher_path, lora, state).save_pretrained(folder)
+        else:
+            trained = trainer.accelerator.unwrap_model(trainer.model)
+            trained.config.use_cache = use_cache
+            trained.save_pretrained(folder, state_dict=state)
+        chat_format.save(tokenizer, fmt, folder)
+
+    save_full_model(trainer, out_dir, write)
     summary = _summary(trainer, train_output, len(pairs), plan, bool(lora["enabled"]), time.monotonic() - started)
+    summary.update(parallel.summary(), gradient_accumulation=accumulation)
     log.info(
         "teacher saved to %s: %d steps, final loss %s, reward accuracy %s",
         out_dir,

@@ -237,6 +237,7 @@ class VLLMGenerator:
         seed: int = 0,
         chat_template: str = chat_format.AUTO,
         role: str = "teacher",
+        tensor_parallel_size: int = 1,
     ):
         from vllm import LLM
 
@@ -250,7 +251,10 @@ class VLLMGenerator:
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids(self.chat_format.end_of_turn)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        options: dict[str, Any] = {}
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        # One engine spreads the model over the job's G GPUs (the gpu resource, config key gpus.RULE).
+        options: dict[str, Any] = {"tensor_parallel_size": tensor_parallel_size}
         if device.type == "cuda":
             options["gpu_memory_utilization"] = gpu_memory_utilization
         else:
@@ -321,12 +325,14 @@ def load_generator(
     seed: int = 0,
     chat_template: str = chat_format.AUTO,
     role: str = "teacher",
+    tensor_parallel_size: int = 1,
 ) -> Generator:
     """Load `model_path` (an HF model directory) for chat generation in `role`'s chat format `chat_template`.
 
     `batch_size` is the number of conversations per `generate` forward batch (hf); vLLM schedules all the
     conversations of a call itself. `seed` seeds the vLLM engine; every request still carries its own seed
-    derived from `Sampling.seed`, which alone decides the samples of both backends.
+    derived from `Sampling.seed`, which alone decides the samples of both backends. `tensor_parallel_size` is
+    vLLM's (the job's GPUs, montessori.launch.tensor_parallel_size); hf generation runs on one device whatever it is.
     """
     formats = {"chat_template": chat_template, "role": role}
     if backend == "hf":
@@ -338,6 +344,7 @@ def load_generator(
             kv_cache_gib=vllm_kv_cache_gib,
             gpu_memory_utilization=vllm_gpu_memory_utilization,
             seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
             **formats,
         )
     raise ValueError(f"generation backend {backend!r} is not one of: {', '.join(BACKENDS)}")
@@ -350,8 +357,10 @@ def load_configured_generator(
     batch_size: int | None = None,
     chat_template: str = chat_format.AUTO,
     role: str = "teacher",
+    tensor_parallel_size: int = 1,
 ) -> Generator:
-    """A generator set up by the config's `generation` section (plus `seed`); eval overrides backend and batch."""
+    """A generator set up by the config's `generation` section (plus `seed`); eval overrides backend and batch;
+    `tensor_parallel_size` is the job's GPU count (vLLM)."""
     return load_generator(
         model_path,
         backend=backend or generation["backend"],
@@ -362,4 +371,5 @@ def load_configured_generator(
         seed=generation["seed"],
         chat_template=chat_template,
         role=role,
+        tensor_parallel_size=tensor_parallel_size,
     )

@@ -88,6 +88,11 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
+def read_frame(frame: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A frame as given, or read from a parquet file (the form a multi-process stage's arguments take)."""
+    return frame if isinstance(frame, pd.DataFrame) else pd.read_parquet(frame)
+
+
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)

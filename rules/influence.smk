@@ -20,7 +20,7 @@ rule influence_shard:
     resources:
         mem_mb=8000,
         runtime=720,
-        gpu=1,
+        gpu=config["gpus"]["influence_shard"],
     params:
         influence=config["influence"],
         seed=config["seed"],

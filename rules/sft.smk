@@ -18,7 +18,7 @@ rule sft_student:
     resources:
         mem_mb=16000,
         runtime=1440,
-        gpu=1,
+        gpu=config["gpus"]["sft_student"],
     params:
         student=lambda wc: model_path(config["models"]["student"]),
         sft=config["sft"],

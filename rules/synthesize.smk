@@ -21,7 +21,7 @@ rule synthesize_warmup:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=1,
+        gpu=config["gpus"]["synthesize_warmup"],
     params:
         teacher=lambda wc: teacher_path(0),
         iteration=0,
@@ -48,7 +48,7 @@ rule synthesize_iteration:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=1,
+        gpu=config["gpus"]["synthesize_iteration"],
     params:
         teacher=lambda wc: teacher_path(int(wc.iteration) - 1),
         iteration=lambda wc: int(wc.iteration),
@@ -80,7 +80,7 @@ rule synthesize_final:
     resources:
         mem_mb=8000,
         runtime=720,
-        gpu=1,
+        gpu=config["gpus"]["synthesize_final"],
     params:
         teacher=lambda wc: teacher_path(final_teacher_iteration(wc.method)),
         iteration=lambda wc: final_teacher_iteration(wc.method),

@@ -20,7 +20,7 @@ rule warmup_student:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=1,
+        gpu=config["gpus"]["warmup_student"],
     params:
         student=lambda wc: model_path(config["models"]["student"]),
         warmup=config["warmup"],

@@ -5,6 +5,7 @@ from montessori.evaluate import answer_alpaca_eval
 from montessori.generate import load_configured_generator
 from montessori.io import write_json
 from montessori.jobs import start_job
+from montessori.launch import tensor_parallel_size
 
 log = start_job(snakemake)
 items = snakemake.params.alpaca_eval_items
@@ -18,6 +19,7 @@ generator = load_configured_generator(
     snakemake.params.batch_size,
     chat_template=snakemake.params.chat_template,
     role="student",
+    tensor_parallel_size=tensor_parallel_size(snakemake.resources),
 )
 outputs = answer_alpaca_eval(generator, snakemake.wildcards.method, instructions, snakemake.params.max_tokens)
 generator.close()

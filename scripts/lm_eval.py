@@ -2,6 +2,7 @@ from montessori.benchmarks.lm_eval_tasks import run_benchmark
 from montessori.evaluate import eval_record
 from montessori.io import write_json
 from montessori.jobs import start_job
+from montessori.launch import tensor_parallel_size
 
 log = start_job(snakemake)
 result = run_benchmark(
@@ -14,6 +15,7 @@ result = run_benchmark(
     batch_size=snakemake.params.batch_size,
     dtype=snakemake.params.generation["dtype"],
     vllm_kv_cache_gib=snakemake.params.generation["vllm_kv_cache_gib"],
+    tensor_parallel_size=tensor_parallel_size(snakemake.resources),
 )
 record = eval_record(snakemake.wildcards.method, result, snakemake.params.limit)
 write_json(record, snakemake.output[0])

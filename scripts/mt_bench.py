@@ -4,6 +4,7 @@ from montessori.generate import load_configured_generator
 from montessori.io import write_json
 from montessori.jobs import start_job
 from montessori.judges import judge_config, open_judge
+from montessori.launch import tensor_parallel_size
 
 log = start_job(snakemake)
 generation = snakemake.params.generation
@@ -14,6 +15,7 @@ generator = load_configured_generator(
     snakemake.params.batch_size,
     chat_template=snakemake.params.chat_template,
     role="student",
+    tensor_parallel_size=tensor_parallel_size(snakemake.resources),
 )
 with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as judge:
     result = run_mt_bench(

