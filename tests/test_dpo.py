@@ -6,6 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from montessori.dpo import preference_dataset, train_teacher
+from montessori.launch import run_stage
+from montessori.schedule import optimizer_steps
 
 NO_LORA = {"enabled": False, "r": 4, "alpha": 8, "dropout": 0.0}
 # Full learning rate from the first step: with a warmup the first step would run at lr * min_lr_ratio.
@@ -121,3 +123,35 @@ def test_max_length_below_every_prompt_fails_and_writes_nothing(tiny_model_dir, 
     with pytest.raises(ValueError, match="dpo.max_length"):
         train(tiny_model_dir, out_dir, fake_pairs(2), max_length=16)
     assert not out_dir.exists()
+
+
+def test_two_process_dpo_keeps_the_effective_batch_and_saves_a_plain_teacher(tiny_model_dir, tmp_path):
+    """DDP over gloo: the effective batch of 1 pair x 2 accumulation steps becomes 1 pair on each of 2 ranks. 5 pairs
+    are 5 micro-batches, 3 per rank (accelerate's even_batches repeats the first pair on rank 1), so 3 optimizer
+    steps, as in one process (5 micro-batches accumulated by 2); the schedule is sized from those 3."""
+    pairs_file = tmp_path / "pairs.parquet"
+    fake_pairs(5).to_parquet(pairs_file)
+    schedule = {"warmup": 0.0, "stable": 0.34, "decay": 0.66, "min_lr_ratio": 0.1}
+    arguments = dict(
+        teacher_path=str(tiny_model_dir), pairs=str(pairs_file), out_dir=str(tmp_path / "teacher1"), beta=0.1,
+        lr=1.0e-3, batch_size=1, gradient_accumulation=2, epochs=1, max_length=64, schedule=schedule, lora=NO_LORA,
+        seed=0, precision="fp32",
+    )  # fmt: skip
+    summary = run_stage("dpo", arguments, processes=2, threads=2)
+    assert summary["processes"] == 2 and summary["gradient_accumulation"] == 1 and summary["gradient_checkpointing"]
+    assert summary["steps"] == optimizer_steps(5, 1, 1, 1, processes=2) == optimizer_steps(5, 1, 2, 1) == 3
+    assert summary["schedule"] == {"warmup": 0, "stable": 1, "decay": 2}
+    assert [entry["step"] for entry in summary["history"]] == [1, 2, 3]
+    out_dir = tmp_path / "teacher1"
+    source = {p.name for p in tiny_model_dir.iterdir()} - {".snakemake_timestamp"}
+    assert {p.name for p in out_dir.iterdir()} == source | {"chat_format.json"}
+    assert config(out_dir) == config(tiny_model_dir)
+    assert changed(weights(tiny_model_dir), weights(out_dir))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.parquet", "teacher1"]
+
+
+def test_an_effective_batch_the_processes_cannot_share_fails_before_training(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"dpo.batch_size x dpo.gradient_accumulation = 2\) does not split over 2"):
+        train(tiny_model_dir, tmp_path / "t", fake_pairs(2))
+    assert not (tmp_path / "t").exists()

@@ -72,3 +72,20 @@ def test_a_failing_rank_fails_the_job_with_its_output(tmp_path):
     log = tmp_path / "job.log"
     with pytest.raises(LaunchError, match=r"(?s)in 2 processes failed.*rank 1 was told to fail"):
         run_stage("tests.test_launch:probe", {"out_dir": str(tmp_path), "fail_rank": 1}, 2, log_path=log)
+
+
+def rank_answer(value: int) -> dict:
+    """A stage that returns something: each rank its own rank, so the test sees whose answer came back."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    answer = {"rank": dist.get_rank(), "value": value * dist.get_world_size()}
+    dist.destroy_process_group()
+    return answer
+
+
+def test_a_multi_process_stage_returns_rank_zeros_result(tmp_path):
+    assert run_stage("tests.test_launch:rank_answer", {"value": 3}, processes=2, log_path=tmp_path / "log") == {
+        "rank": 0,
+        "value": 6,
+    }

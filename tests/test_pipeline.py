@@ -82,7 +82,8 @@ def test_paper_configs_plan_with_the_slurm_profile(configfile):
     out = snakemake("-n", *args, "--config", f"experiment={experiment}").stdout
     shards = [block for block in out.split("\nrule ") if block.startswith("influence_shard:")]
     assert len(shards) == 2 * 16
-    assert all("slurm_partition=gpu" in block and "gpu=1" in block for block in shards)
+    # Each shard's GPUs come from the config's `gpus` (tests/test_job_resources.py checks every rule's count).
+    assert all("slurm_partition=gpu" in block and "gpu=" in block for block in shards)
     assert "This was a dry-run" in out
 
 

@@ -4,6 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from montessori.chat_format import ChatFormatError, saved_format
+from montessori.launch import run_stage
 from montessori.sft import tokenized_dataset, train_student
 from montessori.student import IGNORE_INDEX, encode_example
 from tests.conftest import TOY_EXAMPLES
@@ -55,8 +56,42 @@ def test_sft_takes_accumulated_steps_and_saves_a_float32_student(tiny_model_dir,
 
 
 def test_bad_batch_and_empty_set_fail_before_training(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="multiple of sft.micro_batch_size"):
+    with pytest.raises(ValueError, match=r"sft.batch_size = 3\) does not split over 1 process.*micro_batch_size = 2"):
         train(tiny_model_dir, tmp_path / "s", TOY_EXAMPLES, batch_size=3, micro_batch_size=2)
     with pytest.raises(ValueError, match="empty training set"):
         train(tiny_model_dir, tmp_path / "s", pd.DataFrame(columns=["instruction", "response"]))
+    assert not (tmp_path / "s").exists()
+
+
+def test_two_processes_train_what_one_process_trains(tiny_model_dir, tmp_path):
+    """DDP over gloo, 2 ranks x micro-batch 2 vs one process accumulating 2 micro-batches: the same global batches,
+    and the loss of each normalised by the answer tokens of the whole global batch, so the same gradients. Measured
+    here: bitwise equal weights (max abs difference 0.0), with gradient checkpointing on in the 2-process run
+    (sft.gradient_checkpointing auto) and off in the 1-process one."""
+    train_file = tmp_path / "train.parquet"
+    TOY_EXAMPLES.to_parquet(train_file)
+    one = train(tiny_model_dir, tmp_path / "one", TOY_EXAMPLES, precision="fp32")
+    options = dict(lr=1.0e-3, epochs=1, batch_size=4, micro_batch_size=2, max_length=64, schedule=FLAT, seed=0)
+    arguments = dict(student_path=str(tiny_model_dir), train=str(train_file), out_dir=str(tmp_path / "two"))
+    two = run_stage("sft", {**arguments, **options, "precision": "fp32"}, processes=2, threads=2)
+    # 8 examples in global batches of 4: 2 optimizer steps, each rank one micro-batch of 2 per step.
+    assert (one["steps"], one["gradient_accumulation"], one["gradient_checkpointing"]) == (2, 2, False)
+    assert (two["steps"], two["gradient_accumulation"], two["gradient_checkpointing"]) == (2, 1, True)
+    assert two["processes"] == 2 and not two["fsdp"] and two["schedule"] == one["schedule"]
+    assert two["first_loss"] == pytest.approx(one["first_loss"], abs=1e-6)
+    assert two["final_loss"] == pytest.approx(one["final_loss"], abs=1e-6)
+    # Rank 0 alone wrote the folder: a plain model with its chat format, as a one-process run writes it.
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert saved_format(tmp_path / "two") == saved_format(tmp_path / "one")
+    before, a, b = weights(tiny_model_dir), weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    assert max((a[name] - b[name]).abs().max().item() for name in a) <= 1e-6
+    assert max((a[name] - before[name]).abs().max().item() for name in a) > 1e-4  # the runs did move the weights
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "two").config.use_cache
+
+
+def test_a_batch_that_does_not_split_over_the_processes_fails_naming_the_keys(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match=r"sft.batch_size = 4\) does not split over 3 process.*sft.micro_batch_size"):
+        train(tiny_model_dir, tmp_path / "s", TOY_EXAMPLES)
     assert not (tmp_path / "s").exists()
