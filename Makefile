@@ -9,7 +9,7 @@ CORES ?= 2
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint dryrun report bench-influence bench-rouge slurm-check lock lock-gpu clean-results
+.PHONY: run test lint dryrun report bench-influence bench-rouge bench-judge-cache slurm-check lock lock-gpu clean-results
 
 run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
@@ -37,6 +37,9 @@ bench-influence: $(STAMP)
 
 bench-rouge: $(STAMP)
 	$(BIN)/python benchmarks/rouge_filter.py
+
+bench-judge-cache: $(STAMP)
+	$(BIN)/python benchmarks/judge_cache.py
 
 # profiles/slurm on a real Slurm: starts a one-node Slurm here (as root; apt-get installs it the first time),
 # then runs seeds -> synthesis -> warm-up -> influence shards -> gather of configs/test.yaml as sbatch jobs and

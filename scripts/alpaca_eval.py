@@ -11,7 +11,9 @@ if snakemake.input.outputs == snakemake.input.reference:
     # The Self-Instruct student against itself: alpaca-eval scores identical outputs as ties (50%) without
     # asking the judge, but it needs two generator names.
     reference = [{**r, "generator": f"{r['generator']} (reference)"} for r in reference]
-with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as judge:
+judge_settings = judge_config(snakemake.params.judge)
+# The job's label names its file in the cache directory; a random suffix keeps every process's file its own.
+with open_judge(judge_settings, snakemake.params.cache, writer=f"alpaca_eval-{method}") as judge:
     result = run_alpaca_eval(outputs, reference, judge, limit=snakemake.params.limit)
 record = eval_record(method, result, snakemake.params.limit)
 write_json(record, snakemake.output[0])

@@ -78,3 +78,30 @@ def judge_config(raw: Mapping[str, Any]) -> JudgeConfig:
     if "vllm_args" in values:
         values["vllm_args"] = tuple(str(a) for a in values["vllm_args"])
     return JudgeConfig(**values)
+
+
+# The benchmarks graded by an LLM judge; each may override eval.judge under eval.<benchmark>.judge.
+JUDGED_BENCHMARKS = ("alpaca_eval", "mt_bench")
+
+
+def benchmark_judge(eval_config: Mapping[str, Any], benchmark: str) -> dict[str, Any]:
+    """The judge section of one benchmark: eval.<benchmark>.judge merged over eval.judge (a defaulted config)."""
+    if benchmark not in JUDGED_BENCHMARKS:
+        raise ValueError(f"{benchmark!r} has no judge; judged benchmarks: {', '.join(JUDGED_BENCHMARKS)}")
+    return {**eval_config["judge"], **eval_config[benchmark].get("judge", {})}
+
+
+def judge_errors(config: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say about each judged benchmark's merged judge (e.g. an openai judge without its
+    base_url), each naming the config keys involved."""
+    problems: dict[str, None] = {}
+    for benchmark in JUDGED_BENCHMARKS:
+        if benchmark not in config["eval"]["benchmarks"]:
+            continue
+        try:
+            judge_config(benchmark_judge(config["eval"], benchmark))
+        except ConfigError as e:
+            overridden = bool(config["eval"][benchmark]["judge"])
+            where = f"eval.{benchmark}.judge merged over eval.judge" if overridden else "eval.judge"
+            problems[f"config key {where!r}: {e}"] = None
+    return list(problems)

