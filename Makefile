@@ -9,7 +9,7 @@ CORES ?= 2
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint dryrun report bench-influence bench-rouge bench-dag gpu-check slurm-check lock lock-gpu clean-results
+.PHONY: run test lint dryrun report bench-influence bench-rouge bench-dag bench-judge-cache gpu-check slurm-check lock lock-gpu clean-results
 
 run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
@@ -48,6 +48,9 @@ bench-dag: $(STAMP)
 # GPU_CHECK_ARGS passes options, e.g. GPU_CHECK_ARGS="--device cpu --size tiny" for a CPU smoke run.
 gpu-check:
 	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+bench-judge-cache: $(STAMP)
+	$(BIN)/python benchmarks/judge_cache.py
 
 # profiles/slurm on a real Slurm: starts a one-node Slurm here (as root; apt-get installs it the first time),
 # then runs seeds -> synthesis -> warm-up -> influence shards -> gather of configs/test.yaml as sbatch jobs and

@@ -39,19 +39,26 @@ def _with_defaults(validator_class: type) -> type:
 _DefaultingValidator = _with_defaults(jsonschema.Draft7Validator)
 
 
+def _resolve(schema: dict, node: dict) -> dict:
+    """`node`, or the subschema its local `$ref` ("#/definitions/x", "#/properties/a/properties/b") points to."""
+    while "$ref" in node:
+        target = schema
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
 def _schema_at(schema: dict, path: list) -> dict:
-    """The subschema that governs the instance at `path` (following $ref into definitions)."""
+    """The subschema that governs the instance at `path` (following $ref)."""
     node = schema
     for key in path:
-        if "$ref" in node:
-            node = schema["definitions"][node["$ref"].split("/")[-1]]
+        node = _resolve(schema, node)
         if isinstance(key, int):
             node = node.get("items", {})
         else:
             node = node.get("properties", {}).get(key, {})
-    if "$ref" in node:
-        node = schema["definitions"][node["$ref"].split("/")[-1]]
-    return node
+    return _resolve(schema, node)
 
 
 def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
@@ -77,7 +84,13 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> 
     """Fill defaults into `config` (in place, and return it) or raise ConfigError listing every problem."""
     schema = load_schema(schema_path)
     errors = sorted(_DefaultingValidator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    problems = [_describe(e, schema) for e in errors] if errors else method_errors(config)
+    if errors:
+        problems = [_describe(e, schema) for e in errors]
+    else:
+        # Imported here: montessori.judges.config imports ConfigError from this module.
+        from montessori.judges.config import judge_errors
+
+        problems = method_errors(config) + judge_errors(config)
     if problems:
         lines = "\n".join(f"  - {problem}" for problem in problems)
         raise ConfigError(f"invalid config ({schema_path.name}):\n{lines}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class DataError(ValueError):
@@ -101,3 +104,10 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
 def write_json(obj: Any, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def file_provenance(path: str | Path) -> dict[str, str]:
+    """Which file a result used: its path (relative to the checkout when inside it) and the sha256 of its bytes."""
+    path = Path(path).resolve()
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return {"file": str(name), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

@@ -1,6 +1,7 @@
 import os
 
 from montessori.chat_format import ChatFormatError, auto_without_template
+from montessori.judges.config import JUDGED_BENCHMARKS, benchmark_judge
 from montessori.methods import teacher_iteration
 from montessori.model_names import BUILTIN_MODELS, HAS_CHAT_TEMPLATE
 from montessori.prompts import load_prompt
@@ -44,12 +45,14 @@ def model_input(name):
 
 def check_chat_formats():
     """An `auto` format for a model without a chat template fails now, before any job runs."""
-    models = {"teacher": config["models"]["teacher"], "student": config["models"]["student"]}
-    if config["eval"]["judge"]["kind"] == "local":
-        models["judge"] = config["eval"]["judge"]["model"]
+    models = [("teacher", config["models"]["teacher"]), ("student", config["models"]["student"])]
+    for benchmark in JUDGED_BENCHMARKS:
+        judge = benchmark_judge(config["eval"], benchmark)
+        if benchmark in config["eval"]["benchmarks"] and judge["kind"] == "local":
+            models.append(("judge", judge["model"]))
     problems = [
         auto_without_template(role, chat_template(role), model_path(name), HAS_CHAT_TEMPLATE.get(name))
-        for role, name in models.items()
+        for role, name in dict.fromkeys(models)
     ]
     problems = [p for p in problems if p]
     if problems:
@@ -127,8 +130,10 @@ def synthesis_params(stage, candidates_per_prompt, n_prompts=None, n_examples=No
 
 
 LM_EVAL_BENCHMARKS = ["arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu"]
-# Judgments are cached across jobs and experiments, keyed by judge and prompt: a rerun never re-pays them.
-JUDGE_CACHE = "results/judge_cache.sqlite"
+# Judgments are cached across jobs and experiments, keyed by judge and prompt: a rerun never re-pays them. One
+# append-only file per job in this directory, read together (montessori/judges/cache.py): safe for concurrent
+# cluster jobs on a shared filesystem.
+JUDGE_CACHE = "results/judge_cache"
 VENDORED_ALPACA_EVAL_REFERENCE = "data/alpaca_eval/gpt4_1106_preview_model_outputs.json"
 
 
@@ -159,17 +164,18 @@ def alpaca_eval_reference(method):
     return f"{RESULTS}/eval/self_instruct/alpaca_eval_outputs.json"
 
 
-def judge_params():
-    """The judge section as montessori.judges takes it; a local judge's model resolved like any model entry."""
-    judge = dict(config["eval"]["judge"])
+def judge_params(benchmark):
+    """A benchmark's judge (eval.BENCHMARK.judge merged over eval.judge) as montessori.judges takes it; a local
+    judge's model resolved like any model entry, with the judge role's chat format."""
+    judge = benchmark_judge(config["eval"], benchmark)
     if judge["kind"] == "local":
         judge["model"] = model_path(judge["model"])
         judge["chat_template"] = chat_template("judge")
     return judge
 
 
-def judge_input():
-    judge = config["eval"]["judge"]
+def judge_input(benchmark):
+    judge = benchmark_judge(config["eval"], benchmark)
     return [*model_input(judge["model"]), *chat_template_input("judge")] if judge["kind"] == "local" else []
 
 

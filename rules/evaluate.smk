@@ -1,5 +1,6 @@
 # The paper's table: every student (untouched, Self-Instruct, Montessori) on every benchmark. lm-eval runs the
-# multiple-choice and math sets; AlpacaEval 2 and MT-Bench are judged by the configured LLM judge.
+# multiple-choice and math sets; AlpacaEval 2 and MT-Bench are judged by the configured LLM judge (eval.judge, with
+# each benchmark's eval.BENCHMARK.judge merged over it: the params hold that benchmark's judge only).
 # One thread each: on a few CPU cores two one-thread evaluations side by side finish 15-30% sooner than one
 # after the other on two threads (model loading and Python overhead do not parallelise). They only fill cores
 # the teacher loop leaves idle: every loop job takes two threads (see LOOP_THREADS in rules/common.smk).
@@ -74,7 +75,7 @@ rule alpaca_eval:
         outputs=f"{RESULTS}/eval/{{method}}/alpaca_eval_outputs.json",
         reference=lambda wc: alpaca_eval_reference(wc.method),
         reference_set=f"{RESULTS}/pool/reference.parquet",
-        judge=judge_input(),
+        judge=judge_input("alpaca_eval"),
     output:
         f"{RESULTS}/eval/{{method}}/alpaca_eval.json",
     log:
@@ -90,7 +91,7 @@ rule alpaca_eval:
         gpu=config["gpus"]["alpaca_eval"],
     params:
         alpaca_eval_items=alpaca_eval_items(),
-        judge=judge_params(),
+        judge=judge_params("alpaca_eval"),
         cache=JUDGE_CACHE,
     script:
         "../scripts/alpaca_eval.py"
@@ -99,7 +100,7 @@ rule alpaca_eval:
 rule mt_bench:
     input:
         student=lambda wc: student_input(wc.method),
-        judge=judge_input(),
+        judge=judge_input("mt_bench"),
         chat_template=chat_template_input("student"),
     output:
         f"{RESULTS}/eval/{{method}}/mt_bench.json",
@@ -118,7 +119,7 @@ rule mt_bench:
         model=lambda wc: student_path(wc.method),
         limit=config["eval"]["limit"]["mt_bench"],
         max_tokens=config["eval"]["mt_bench"]["max_tokens"],
-        judge=judge_params(),
+        judge=judge_params("mt_bench"),
         cache=JUDGE_CACHE,
         backend=config["eval"]["backend"],
         batch_size=config["eval"]["batch_size"],

@@ -15,7 +15,9 @@ if snakemake.input.outputs == snakemake.input.reference:
     reference = [{**r, "generator": f"{r['generator']} (reference)"} for r in reference]
 reference_set = pd.read_parquet(snakemake.input.reference_set)["instruction"].tolist()
 selected, _ = selected_items(reference_set, items["subset"], items["limit"], items["seed"])
-with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as judge:
+judge_settings = judge_config(snakemake.params.judge)
+# The job's label names its file in the cache directory; a random suffix keeps every process's file its own.
+with open_judge(judge_settings, snakemake.params.cache, writer=f"alpaca_eval-{method}") as judge:
     result = run_alpaca_eval(outputs, reference, judge, selected)
 record = eval_record(method, result, items["limit"])
 write_json(record, snakemake.output[0])

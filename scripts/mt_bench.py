@@ -17,7 +17,9 @@ generator = load_configured_generator(
     role="student",
     tensor_parallel_size=tensor_parallel_size(snakemake.resources),
 )
-with open_judge(judge_config(snakemake.params.judge), snakemake.params.cache) as judge:
+judge_settings = judge_config(snakemake.params.judge)
+# The job's label names its file in the cache directory; a random suffix keeps every process's file its own.
+with open_judge(judge_settings, snakemake.params.cache, writer=f"mt_bench-{snakemake.wildcards.method}") as judge:
     result = run_mt_bench(
         generator, judge, limit=snakemake.params.limit, max_tokens=snakemake.params.max_tokens,
         seed=generation["seed"],

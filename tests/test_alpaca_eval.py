@@ -1,3 +1,5 @@
+import hashlib
+import importlib.metadata
 import math
 import re
 
@@ -6,6 +8,7 @@ import pandas as pd
 import pytest
 
 from montessori.benchmarks.alpaca_eval import (
+    ANNOTATOR_CONFIG,
     GPT4_REFERENCE_FILE,
     LC_GLM_FULL,
     LC_GLM_OFFLINE,
@@ -138,7 +141,7 @@ def endpoint():
 
 def endpoint_judge(endpoint, tmp_path):
     config = JudgeConfig(kind="openai", model="fake-judge", base_url=endpoint.base_url, max_retries=0, concurrency=2)
-    return open_judge(config, tmp_path / "cache.sqlite")
+    return open_judge(config, tmp_path / "judge_cache")
 
 
 @pytest.mark.parametrize("with_logprobs", [True, False])
@@ -154,6 +157,15 @@ def test_preferences_follow_the_judge_and_the_packages_order_swap(endpoint, tmp_
 
     assert (result["model"], result["reference"], result["judge"]) == ("student", "teacher", judge.judge_id)
     assert result["n_items"] == 6 and result["n_invalid"] == 0
+    # What judged it: the package's version, the annotator by name and content, every judge setting.
+    assert result["alpaca_eval_version"] == importlib.metadata.version("alpaca-eval") == "0.6.6"
+    assert result["annotator"] == "montessori_weighted_alpaca_eval"
+    assert result["annotator_config"] == {
+        "file": "montessori/benchmarks/annotators/montessori_weighted_alpaca_eval/configs.yaml",
+        "sha256": hashlib.sha256(ANNOTATOR_CONFIG.read_bytes()).hexdigest(),
+    }
+    assert result["annotator_prompt"]["file"] == "data/alpaca_eval/alpaca_eval_clf.txt"
+    assert result["judge_settings"] == judge.settings() and result["judge_settings"]["concurrency"] == 2
     source = "logprobs" if with_logprobs else "text"
     assert result["preference_sources"] == {source: 5, "identical outputs": 1}
     # The identical pair is tied by the package without asking the judge.
@@ -230,7 +242,7 @@ def test_end_to_end_with_the_tiny_model_as_student_and_local_judge(tiny_model_di
     generator.close()
     model = outputs(instructions, "tiny-student", lambda k: answers[k][0].text)
     config = JudgeConfig(kind="local", model=str(tiny_model_dir), local_backend="hf", batch_size=4)
-    with open_judge(config, tmp_path / "cache.sqlite") as judge:
+    with open_judge(config, tmp_path / "judge_cache") as judge:
         result = run_alpaca_eval(model, load_outputs(GPT4_REFERENCE_FILE), judge, {"all": list(range(4))})
     assert result["reference"] == "gpt4_1106_preview" and result["judge"] == "local-hf:tiny-random-llama"
     assert result["n_items"] == 4 and sum(result["preference_sources"].values()) == 4

@@ -1,8 +1,10 @@
+import hashlib
 import re
 
 import pytest
 
 from montessori.benchmarks.mt_bench import (
+    JUDGE_PROMPT_FILE,
     generate_answers,
     judge_messages,
     load_judge_prompts,
@@ -121,11 +123,15 @@ def test_scores_are_means_over_valid_ratings(tmp_path):
     endpoint = FakeEndpoint(fake_grader)
     config = JudgeConfig(kind="openai", model="fake-judge", base_url=endpoint.base_url, max_retries=0, max_tokens=99)
     try:
-        with open_judge(config, tmp_path / "cache.sqlite") as judge:
+        with open_judge(config, tmp_path / "judge_cache") as judge:
             result = run_mt_bench(RecordingGenerator(), judge, max_tokens=32, question_ids=[WRITING, MATH, EXTRACTION])
     finally:
         endpoint.close()
     assert (result["benchmark"], result["model"], result["judge"]) == ("mt_bench", "recording-model", judge.judge_id)
+    assert result["judge_prompts"]["file"] == "data/mt_bench/judge_prompts.jsonl"
+    assert result["judge_prompts"]["sha256"] == hashlib.sha256(JUDGE_PROMPT_FILE.read_bytes()).hexdigest()
+    settings = result["judge_settings"]
+    assert (settings["max_tokens"], settings["temperature"], settings["identity"]) == (99, 0.0, judge.identity)
     assert (result["n_items"], result["n_judgments"], result["n_invalid"]) == (3, 6, 1)
     assert result["score_turn1"] == 8.5 and result["score_turn2"] == 6.0
     assert result["score"] == pytest.approx((8.5 + 8.5 + 6 + 6 + 6) / 5)
@@ -140,7 +146,7 @@ def test_end_to_end_with_the_tiny_model(tiny_model_dir, tmp_path):
     """The tiny model answers three questions and grades them: garbage ratings, but every judgment counted."""
     generator = load_generator(str(tiny_model_dir), backend="hf")
     config = JudgeConfig(kind="local", model=str(tiny_model_dir), local_backend="hf", max_tokens=12, batch_size=6)
-    with open_judge(config, tmp_path / "cache.sqlite") as judge:
+    with open_judge(config, tmp_path / "judge_cache") as judge:
         result = run_mt_bench(generator, judge, max_tokens=8, question_ids=[WRITING, MATH, 121])
     generator.close()
     assert result["judge"] == "local-hf:tiny-random-llama" and result["model"] == str(tiny_model_dir)

@@ -205,3 +205,47 @@ def test_end_to_end_on_the_test_config(tmp_path):
         "synthesize_final": 1, "sft_student": 1, "alpaca_eval_outputs": 1, "alpaca_eval": 1, "lm_eval": 1,
         "mt_bench": 1, **report,
     }  # fmt: skip
+
+
+def test_a_benchmarks_own_judge_reruns_only_that_benchmark(tmp_path):
+    """On finished outputs (empty stand-ins marked done by --touch, so Snakemake records their params), a change
+    to eval.mt_bench.judge reruns the MT-Bench jobs only, one to eval.judge both judged benchmarks."""
+    for name in ("data", "resources", "config.yaml"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    workdir = [*SNAKEMAKE[:3], "--directory", str(tmp_path), *SNAKEMAKE[5:]]
+
+    def run(*args: str) -> str:
+        result = subprocess.run([*workdir, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    for line in run("-n").splitlines():
+        if line.startswith("    output: "):
+            for output in line.removeprefix("    output: ").split(", "):
+                path = tmp_path / output
+                if path.is_relative_to(tmp_path / "resources"):
+                    continue  # the checkout's built models, shared through the symlink: never touched
+                if path.suffix:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.touch()
+                else:
+                    path.mkdir(parents=True, exist_ok=True)
+    # Only the judged rules, the config snapshot and what follows them are forced: no shared model is touched.
+    run("--touch", "--cores", "1", "--forcerun", "alpaca_eval", "mt_bench", "snapshot_config", "--quiet")
+    assert "Nothing to be done" in run("-n")
+
+    def jobs_after(change: dict) -> dict[str, int]:
+        changed = yaml.safe_load((ROOT / "config.yaml").read_text())
+        for section, value in change.items():
+            changed["eval"].setdefault(section, {}).update(value)
+        path = tmp_path / "changed.yaml"
+        path.write_text(yaml.safe_dump(changed, sort_keys=False))
+        out = run("-n", "--quiet", "rules", "--configfile", str(path))
+        return {
+            m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M) if m.group(1) != "total"
+        }
+
+    report = {"snapshot_config": 1, "aggregate": 1, "plots": 1, "table1": 1, "all": 1}
+    assert jobs_after({"mt_bench": {"judge": {"max_tokens": 64}}}) == {"mt_bench": 3, **report}
+    assert jobs_after({"alpaca_eval": {"judge": {"temperature": 0.5}}}) == {"alpaca_eval": 3, **report}
+    assert jobs_after({"judge": {"concurrency": 2}}) == {"alpaca_eval": 3, "mt_bench": 3, **report}

@@ -18,6 +18,7 @@ weighted preference; None = the judge's answer could not be parsed (counted in n
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import time
 from collections import Counter
@@ -32,7 +33,7 @@ import pandas as pd
 
 from montessori.benchmarks import alpaca_eval_subsets as subsets
 from montessori.benchmarks.offline_data import DATA_DIR
-from montessori.io import DataError, read_records
+from montessori.io import DataError, file_provenance, read_records
 from montessori.judges import Judge, Judgment
 
 ALPACA_EVAL_DIR = DATA_DIR / "alpaca_eval"
@@ -286,7 +287,7 @@ def run_alpaca_eval(
     completions = JudgeCompletions(judge)
     annotator = PairwiseAnnotator(
         annotators_config=str(ANNOTATOR_CONFIG),
-        # The judge's sqlite cache already makes reruns free; the package's JSON cache would live in its config dir.
+        # The judge's own cache already makes reruns free; the package's JSON cache would live in its config dir.
         caching_path=None,
         prompt_template=str(PROMPT_FILE),
         fn_completions=completions,
@@ -334,7 +335,12 @@ def run_alpaca_eval(
         "model": model_name,
         "reference": reference_name,
         "judge": judge.judge_id,
+        "judge_settings": judge.settings(),
+        "alpaca_eval_version": importlib.metadata.version("alpaca-eval"),
         "annotator": ANNOTATOR_CONFIG.parent.name,
+        # The annotator is its config and its prompt: both by path and by the sha256 of their content.
+        "annotator_config": file_provenance(ANNOTATOR_CONFIG),
+        "annotator_prompt": file_provenance(PROMPT_FILE),
         "subset": primary,
         **by_subset[primary],
         "preference_sources": dict(Counter(r["preference_source"] for r in records)),

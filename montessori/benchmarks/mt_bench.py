@@ -17,7 +17,7 @@ from typing import Any
 
 from montessori.benchmarks.offline_data import DATA_DIR
 from montessori.generate import Generator, Sampling
-from montessori.io import DataError, read_records
+from montessori.io import DataError, file_provenance, read_records
 from montessori.judges import Judge
 
 MT_BENCH_DIR = DATA_DIR / "mt_bench"
@@ -193,6 +193,8 @@ def run_mt_bench(
         "benchmark": "mt_bench",
         "model": generator.model_path,
         "judge": judge.judge_id,
+        "judge_settings": judge.settings(),
+        "judge_prompts": file_provenance(JUDGE_PROMPT_FILE),
         "score": _mean(ratings[1] + ratings[2]),
         "score_turn1": _mean(ratings[1]),
         "score_turn2": _mean(ratings[2]),
