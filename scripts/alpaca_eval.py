@@ -5,6 +5,7 @@ from montessori.evaluate import eval_record
 from montessori.io import write_json
 from montessori.jobs import start_job
 from montessori.judges import judge_config, open_judge
+from montessori.launch import tensor_parallel_size
 
 log = start_job(snakemake)
 method, items = snakemake.wildcards.method, snakemake.params.alpaca_eval_items
@@ -17,7 +18,10 @@ reference_set = pd.read_parquet(snakemake.input.reference_set)["instruction"].to
 selected, _ = selected_items(reference_set, items["subset"], items["limit"], items["seed"])
 judge_settings = judge_config(snakemake.params.judge)
 # The job's label names its file in the cache directory; a random suffix keeps every process's file its own.
-with open_judge(judge_settings, snakemake.params.cache, writer=f"alpaca_eval-{method}") as judge:
+# A local vLLM judge spreads over the job's GPUs.
+gpus = tensor_parallel_size(snakemake.resources)
+writer = f"alpaca_eval-{method}"
+with open_judge(judge_settings, snakemake.params.cache, writer=writer, tensor_parallel_size=gpus) as judge:
     result = run_alpaca_eval(outputs, reference, judge, selected)
 record = eval_record(method, result, items["limit"])
 write_json(record, snakemake.output[0])

@@ -19,7 +19,10 @@ generator = load_configured_generator(
 )
 judge_settings = judge_config(snakemake.params.judge)
 # The job's label names its file in the cache directory; a random suffix keeps every process's file its own.
-with open_judge(judge_settings, snakemake.params.cache, writer=f"mt_bench-{snakemake.wildcards.method}") as judge:
+# A local vLLM judge spreads over the job's GPUs.
+gpus = tensor_parallel_size(snakemake.resources)
+writer = f"mt_bench-{snakemake.wildcards.method}"
+with open_judge(judge_settings, snakemake.params.cache, writer=writer, tensor_parallel_size=gpus) as judge:
     result = run_mt_bench(
         generator, judge, limit=snakemake.params.limit, max_tokens=snakemake.params.max_tokens,
         seed=generation["seed"],

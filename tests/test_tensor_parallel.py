@@ -82,3 +82,28 @@ def test_lm_eval_vllm_model_args_carry_the_tensor_parallel_size(tiny_model_dir, 
     assert seen["model_args"]["tensor_parallel_size"] == 8
     assert seen["model_args"]["dtype"] == "bfloat16" and seen["model_args"]["pretrained"] == str(tiny_model_dir)
     assert ("enforce_eager" in seen["model_args"]) is not on_gpu
+
+
+def test_a_local_vllm_judge_serves_over_the_jobs_gpus(tiny_model_dir, tmp_path, monkeypatch):
+    from montessori.judges import JudgeConfig, judge
+
+    servers = []
+
+    class Server:
+        """Records what open_judge asks of VLLMServer instead of starting one."""
+
+        def __init__(self, *args, **kwargs):
+            servers.append(kwargs)
+            self.base_url, self.model_name = "http://127.0.0.1:1/v1", "tiny"
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(judge, "VLLMServer", Server)
+    config = JudgeConfig(kind="local", model=str(tiny_model_dir), local_backend="vllm")
+    with judge.open_judge(config, tmp_path / "cache", tensor_parallel_size=4) as local:
+        assert local.backend.server.model_name == "tiny"
+    assert servers[0]["tensor_parallel_size"] == 4
+    with judge.open_judge(config, tmp_path / "cache") as local:
+        assert local.backend.server.model_name == "tiny"
+    assert servers[1]["tensor_parallel_size"] == 1

@@ -159,10 +159,13 @@ def local_chat_format(model_dir: Path, spec: str) -> tuple[ChatFormat, list[int]
     return fmt, extra_stop_ids(model_dir, tokenizer, fmt.end_of_turn)
 
 
-def open_judge(config: JudgeConfig, cache_path: str | Path, writer: str = "judge") -> Judge:
+def open_judge(
+    config: JudgeConfig, cache_path: str | Path, writer: str = "judge", tensor_parallel_size: int = 1
+) -> Judge:
     """The judge `config` describes, caching into the directory `cache_path` (montessori.judges.cache; `writer`
     labels this process's file there, e.g. the job). A local model is loaded (or its vLLM server started, which
-    takes a while) at the first uncached judgment; `Judge.close()` frees it."""
+    takes a while) at the first uncached judgment; `Judge.close()` frees it. A local vLLM judge spreads over
+    `tensor_parallel_size` GPUs (the job's, montessori.launch.tensor_parallel_size); the hf one runs on one."""
     retry = dict(
         timeout_seconds=config.timeout_seconds,
         max_retries=config.max_retries,
@@ -195,6 +198,7 @@ def open_judge(config: JudgeConfig, cache_path: str | Path, writer: str = "judge
                 config.vllm_start_timeout_seconds,
                 config.vllm_args,
                 chat_template=fmt.template,
+                tensor_parallel_size=tensor_parallel_size,
             )
             extra = {"stop_token_ids": stop_ids} if stop_ids else None
             client = OpenAIBackend(
