@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 
 from montessori import chat_format
 from montessori.io import read_frame
-from montessori.parallel_training import DEFAULT_FSDP_CONFIG, parallelism, save_full_model
+from montessori.parallel_training import DEFAULT_FSDP_CONFIG, is_main_process, parallelism, save_full_model
 from montessori.precision import default_device, trains_in_bf16
 from montessori.schedule import WsdSteps, dpo_accumulation, optimizer_steps, wsd_steps
 
@@ -230,11 +230,12 @@ def train_teacher(
     save_full_model(trainer, out_dir, write)
     summary = _summary(trainer, train_output, len(pairs), plan, bool(lora["enabled"]), time.monotonic() - started)
     summary.update(parallel.summary(), gradient_accumulation=accumulation)
-    log.info(
-        "teacher saved to %s: %d steps, final loss %s, reward accuracy %s",
-        out_dir,
-        summary["steps"],
-        summary["final_loss"],
-        summary["reward_accuracy"],
-    )
+    if is_main_process():
+        log.info(
+            "teacher saved to %s: %d steps, final loss %s, reward accuracy %s",
+            out_dir,
+            summary["steps"],
+            summary["final_loss"],
+            summary["reward_accuracy"],
+        )
     return summary

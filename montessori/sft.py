@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 
 from montessori import chat_format
 from montessori.io import read_frame
-from montessori.parallel_training import DEFAULT_FSDP_CONFIG, parallelism, save_full_model
+from montessori.parallel_training import DEFAULT_FSDP_CONFIG, is_main_process, parallelism, save_full_model
 from montessori.precision import default_device, trains_in_bf16
 from montessori.schedule import optimizer_steps, sft_accumulation, wsd_steps
 from montessori.student import encode_example
@@ -137,5 +137,6 @@ def train_student(
         "bf16": args.bf16,
         "seconds": round(time.monotonic() - started, 2),
     }
-    log.info("student SFT: %s", summary)
+    if is_main_process():
+        log.info("student SFT: %s", summary)
     return summary
