@@ -72,6 +72,16 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+class Stopwatch:
+    """CPU seconds of this process, which other jobs on a shared machine barely change, and wall seconds."""
+
+    def __init__(self) -> None:
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+
+    def per(self, n: int = 1) -> tuple[float, float]:
+        return (time.process_time() - self.cpu) / n, (time.perf_counter() - self.wall) / n
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -136,13 +146,13 @@ def naive_reference_loss(model, references: list, pad_token_id: int, args) -> fl
 def run_naive(warm: Path, references: pd.DataFrame, candidates: pd.DataFrame, args) -> dict:
     """Reload the warm student and optimizer per candidate, step on the padded candidate, evaluate padded."""
     set_threads(args.threads)
-    started = time.perf_counter()
+    clock = Stopwatch()
     model, tokenizer = load_model(warm / "model")
     encode = [encode_example(tokenizer, r.instruction, r.response, args.max_length) for r in references.itertuples()]
     before = naive_reference_loss(model, encode, tokenizer.pad_token_id, args)
-    setup = time.perf_counter() - started
+    setup, _ = clock.per()
     influences = []
-    started = time.perf_counter()
+    clock = Stopwatch()
     for row in candidates.iloc[: args.n_naive].itertuples():
         model, tokenizer = load_model(warm / "model")
         optimizer = load_optimizer(model, warm / "optimizer.pt")
@@ -150,22 +160,24 @@ def run_naive(warm: Path, references: pd.DataFrame, candidates: pd.DataFrame, ar
         full_logit_losses(model, padded(example, args.max_length, tokenizer.pad_token_id)).sum().backward()
         optimizer.step()
         influences.append(before - naive_reference_loss(model, encode, tokenizer.pad_token_id, args))
-    seconds = (time.perf_counter() - started) / len(influences)
-    return {"setup": setup, "seconds": seconds, "influence": influences, "peak_rss_mb": peak_rss_mb()}
+    seconds, wall = clock.per(len(influences))
+    return {"setup": setup, "seconds": seconds, "wall": wall, "influence": influences, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_exact(warm: Path, references: pd.DataFrame, candidates: pd.DataFrame, args) -> dict:
     set_threads(args.threads)
-    started = time.perf_counter()
+    clock = Stopwatch()
     engine = InfluenceEngine(
         warm / "model", warm / "optimizer.pt", references, args.max_length, args.reference_batch_size
     )
-    setup = time.perf_counter() - started
-    started = time.perf_counter()
+    setup, _ = clock.per()
+    clock = Stopwatch()
     scores = engine.score(candidates, "null_step")
+    seconds, wall = clock.per(len(scores))
     return {
         "setup": setup,
-        "seconds": (time.perf_counter() - started) / len(scores),
+        "seconds": seconds,
+        "wall": wall,
         "influence": {b: scores[f"influence_{b}"].tolist() for b in BASELINES},
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -174,19 +186,21 @@ def run_exact(warm: Path, references: pd.DataFrame, candidates: pd.DataFrame, ar
 def run_first_order(warm: Path, references: pd.DataFrame, candidates: pd.DataFrame, args, sizes: list[int]) -> dict:
     """K = 1, then each K of `sizes` (lowered to what fits), in one engine; the peak RSS after each is that K's."""
     set_threads(args.threads)
-    started = time.perf_counter()
+    clock = Stopwatch()
     engine = FirstOrderEngine(
         warm / "model", warm / "optimizer.pt", references, args.max_length, args.reference_batch_size, 1
     )
-    setup = time.perf_counter() - started
+    setup, _ = clock.per()
     n_params = engine.reference_gradient.numel()
     runs = {}
     for k in [1, *sizes]:
         engine.candidate_batch_size = fit_candidate_batch(k, n_params, free_memory(engine.reference_gradient.device))
-        started = time.perf_counter()
+        clock = Stopwatch()
         scores = engine.score(candidates, "null_step")
+        seconds, wall = clock.per(len(scores))
         runs[engine.candidate_batch_size] = {
-            "seconds": (time.perf_counter() - started) / len(scores),
+            "seconds": seconds,
+            "wall": wall,
             "influence": {b: scores[f"influence_{b}"].tolist() for b in BASELINES},
             "peak_rss_mb": peak_rss_mb(),
         }
@@ -279,12 +293,14 @@ def main() -> None:
 
 def print_report(rows, agreements, ratios, n_params: int, best_k: int) -> None:
     seconds = {(size, method): result["seconds"] for size, method, result, _ in rows}
-    print(f"\n{'refs':>5}  {'method':<17} {'setup s':>8} {'s/candidate':>12} {'exact/this':>11} {'naive/this':>11} "
-          f"{'peak RSS MB':>12}  note")  # fmt: skip
+    print("\nCPU seconds of each method's process (wall seconds too: other jobs share this machine); ratios of CPU s")
+    print(f"{'refs':>5}  {'method':<17} {'setup s':>8} {'s/candidate':>12} {'wall s/cand':>12} {'exact/this':>11} "
+          f"{'naive/this':>11} {'peak RSS MB':>12}  note")  # fmt: skip
     for size, method, result, note in rows:
         this = result["seconds"]
-        print(f"{size:>5}  {method:<17} {result['setup']:>8.1f} {this:>12.3f} {seconds[size, 'exact'] / this:>10.2f}x "
-              f"{seconds[size, 'naive'] / this:>10.2f}x {result['peak_rss_mb']:>12.0f}  {note}")  # fmt: skip
+        print(f"{size:>5}  {method:<17} {result['setup']:>8.1f} {this:>12.3f} {result['wall']:>12.3f} "
+              f"{seconds[size, 'exact'] / this:>10.2f}x {seconds[size, 'naive'] / this:>10.2f}x "
+              f"{result['peak_rss_mb']:>12.0f}  {note}")  # fmt: skip
     header = f"{'first_order':<12} {'baseline':<12} {'Spearman':>9} {'sign agreement':>15} {'max rel err':>12}"
     print(f"\n{'refs':>5}  {header}")
     for size, k, baseline, spearman, sign, error in agreements:

@@ -6,11 +6,12 @@ would make from the warm state on x's gradient: both moments, bias correction fr
 decoupled weight decay and lr. ∇L_ref is computed once per engine; each candidate then costs one forward and
 backward pass on itself and a few fused operations over flat parameter buffers, instead of a step and a pass
 over the whole reference set. The error is second order in the step: it shrinks with lr² while the influence
-shrinks with lr, so it holds at the paper's lr 5e-6 (README, "Influence modes", has the measured agreement).
+shrinks with lr (README, "Influence modes", has the agreement measured at the paper's lr 5e-6).
 
 Per-example gradients of K candidates come from one vmap(grad(...)) pass of torch.func over the Hugging Face
 model. Memory: the model (its weights are views into one flat buffer), the AdamW moments (two flat buffers),
-∇L_ref and one scratch buffer, and the K-batch of per-example gradients (held twice while vmap assembles it).
+∇L_ref, one scratch buffer, and the K-batch of per-example gradients (one preallocated row for K = 1; K rows,
+held twice while vmap assembles them, for K > 1).
 """
 
 from __future__ import annotations
@@ -175,8 +176,7 @@ class FirstOrderEngine:
                 candidate_batch_size,
                 self.candidate_batch_size,
             )
-        self.loss_before = self.references.loss(self.model)
-        self.reference_gradient = self._reference_gradient()
+        self.reference_gradient, self.loss_before = self._reference_gradient()
         # ∇L_ref·Δθ = −∇L_ref·direction − lr·wd·(∇L_ref·θ); the decay term is the same for every candidate.
         self.decay_term = self.adamw.decay * self._dot(self.reference_gradient, weights)
         self.single.zero_()
@@ -197,13 +197,19 @@ class FirstOrderEngine:
             for param in self.params:
                 param.grad = None
 
-    def _reference_gradient(self) -> torch.Tensor:
-        """∇L_ref at the warm weights: the gradient of the very reference loss the exact engine evaluates."""
+    def _reference_gradient(self) -> tuple[torch.Tensor, float]:
+        """∇L_ref at the warm weights, and L_ref itself, from one forward and backward pass over the references.
+
+        L_ref is the very reference loss the exact engine evaluates (ReferenceSet.loss), summed the same way.
+        """
         gradient = torch.zeros_like(self.adamw.weights)
+        total = torch.zeros((), dtype=torch.float64, device=gradient.device)
         with full_embedding_gradients(self.model):
             for batch in self.references.batches:
-                self._backward_into(gradient, example_losses(self.model, batch).sum() / self.references.size)
-        return gradient
+                losses = example_losses(self.model, batch)
+                self._backward_into(gradient, losses.sum() / self.references.size)
+                total += losses.detach().sum()
+        return gradient, float(total / self.references.size)
 
     def candidate_gradients(self, examples: list[dict[str, list[int]]]) -> torch.Tensor:
         """Per-example gradients of each example's mean token loss at the warm weights: one flat row each."""

@@ -59,10 +59,12 @@ def agreement(approximate: pd.Series, exact: pd.Series) -> dict[str, float]:
     approximate, exact = approximate.to_numpy(dtype=float), exact.to_numpy(dtype=float)
     # One value has no rank correlation, and neither has a constant series.
     ranked = len(exact) >= 2 and np.ptp(exact) > 0 and np.ptp(approximate) > 0
+    with np.errstate(divide="ignore", invalid="ignore"):  # an exact influence of 0 has no relative error
+        relative = np.abs(approximate - exact) / np.abs(exact)
     return {
         "validation_spearman": float(spearmanr(approximate, exact).statistic) if ranked else math.nan,
         "validation_sign_agreement": float(np.mean(np.sign(approximate) == np.sign(exact))),
-        "validation_max_relative_error": float(np.max(np.abs(approximate - exact) / np.abs(exact))),
+        "validation_max_relative_error": float(np.max(relative)),
     }
 
 

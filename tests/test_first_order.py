@@ -82,7 +82,8 @@ def test_first_order_matches_the_exact_step_within_one_percent(engine, exact):
         assert len(approximate) == 4
         relative = (approximate["influence"] - exact_scores["influence"]).abs() / exact_scores["influence"].abs()
         assert relative.max() < 0.01, relative.tolist()
-        assert (approximate["loss_before"] == exact_scores["loss_before"]).all()
+        # loss_before is exact; first_order takes it from the pass that computes the reference gradient.
+        assert approximate["loss_before"].tolist() == pytest.approx(exact_scores["loss_before"].tolist(), abs=1e-9)
 
 
 def test_columns_mode_and_pass_through(engine):
