@@ -23,14 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 
 from montessori.first_order import FirstOrderEngine, fit_candidate_batch, free_memory
 from montessori.influence import InfluenceEngine
+from montessori.influence_modes import agreement
 from montessori.io import read_records
 from montessori.pool import reference_set, seed_text
 from montessori.student import IGNORE_INDEX, collate, encode_example, load_model, load_optimizer, warm_up
@@ -213,15 +212,6 @@ def in_own_process(function, *args):
         return pool.apply(function, args)
 
 
-def agreement(approximate: list[float], exact: list[float]) -> tuple[float, float, float]:
-    approximate, exact = np.asarray(approximate), np.asarray(exact)
-    return (
-        float(spearmanr(approximate, exact).statistic),
-        float(np.mean(np.sign(approximate) == np.sign(exact))),
-        float(np.max(np.abs(approximate - exact) / np.abs(exact))),
-    )
-
-
 def prepare(args) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[int]]:
     """Warm-up examples, candidates and the largest reference set, instructions cut; candidates' token counts."""
     _, tokenizer = load_model(args.model, device=torch.device("cpu"))
@@ -284,8 +274,8 @@ def main() -> None:
                     note = f"max |K={k} - K=1| {gap:.1e}"
                 rows.append((size, f"first_order K={k}", {**run, "setup": first["setup"]}, note))
                 for baseline in BASELINES:
-                    stats = agreement(run["influence"][baseline], exact["influence"][baseline])
-                    agreements.append((size, f"K={k}", baseline, *stats))
+                    stats = agreement(pd.Series(run["influence"][baseline]), pd.Series(exact["influence"][baseline]))
+                    agreements.append((size, f"K={k}", baseline, *stats.values()))
             fastest = min(runs, key=lambda k: runs[k]["seconds"])
             ratios[size] = (fastest, exact["seconds"] / runs[fastest]["seconds"])
     print_report(rows, agreements, ratios, n_params, best_k)
