@@ -55,7 +55,8 @@ TABLES: dict[str, dict[str, str]] = {
         "experiment": "VARCHAR", "iteration": "INTEGER", "candidate_id": "VARCHAR", "prompt_id": "VARCHAR",
         "loss_before": "DOUBLE", "loss_null_step": "DOUBLE", "loss_after": "DOUBLE",
         "influence_before_step": "DOUBLE", "influence_null_step": "DOUBLE", "influence": "DOUBLE",
-        "baseline": "VARCHAR", "shard": "INTEGER",
+        "baseline": "VARCHAR", "mode": "VARCHAR", "influence_exact": "DOUBLE", "validation_spearman": "DOUBLE",
+        "validation_sign_agreement": "DOUBLE", "validation_max_relative_error": "DOUBLE", "shard": "INTEGER",
     },
     "pairs": {
         "experiment": "VARCHAR", "iteration": "INTEGER", "pair_id": "VARCHAR", "prompt_id": "VARCHAR",

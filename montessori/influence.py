@@ -1,8 +1,9 @@
 """Local data influence (Montessori-Instruct): how much one AdamW step on a candidate lowers the reference loss.
 
-Every candidate starts from the same warm student and AdamW state. Both are snapshotted in memory once and
-copied back after each candidate, instead of reloaded from disk, and the reference set is tokenized, sorted
-by length and padded once, batch by batch, to its own longest member.
+This is the exact engine (`influence.mode: exact`): it takes the step and evaluates the whole reference set
+after it. Every candidate starts from the same warm student and AdamW state. Both are snapshotted in memory once
+and copied back after each candidate, instead of reloaded from disk, and the reference set is tokenized, sorted
+by length and padded once, batch by batch, to its own longest member (montessori.influence_base).
 """
 
 from __future__ import annotations
@@ -13,25 +14,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from montessori.student import collate, encode_example, example_losses, load_model, load_optimizer
-
-BASELINES = ("before_step", "null_step")
-SCORE_COLUMNS = [
-    "candidate_id",
-    "prompt_id",
-    "loss_before",
-    "loss_null_step",
-    "loss_after",
-    "influence_before_step",
-    "influence_null_step",
-    "influence",
-    "baseline",
-]
-CANDIDATE_COLUMNS = ("candidate_id", "prompt_id", "instruction", "response", "verdict")
+from montessori.influence_base import ReferenceSet, encode_candidates, load_warm_student, scorable, score_frame
+from montessori.student import collate, example_losses
 
 
 class InfluenceEngine:
     """The warm student, its AdamW state and the encoded reference set, ready to score candidates."""
+
+    mode = "exact"
 
     def __init__(
         self,
@@ -41,33 +31,10 @@ class InfluenceEngine:
         max_length: int,
         reference_batch_size: int,
     ) -> None:
-        if references.empty:
-            raise ValueError(
-                "the reference set is empty: local influence is the change of the mean reference loss, "
-                "so it needs at least one {instruction, response} reference (check data.reference_file)"
-            )
-        self.model, self.tokenizer = load_model(model_dir)
-        self.optimizer = load_optimizer(self.model, optimizer_path)
+        self.model, self.tokenizer, self.optimizer = load_warm_student(model_dir, optimizer_path)
+        self.references = ReferenceSet.encode(self.tokenizer, references, max_length, reference_batch_size)
         self.max_length = max_length
         self.params = list(self.model.parameters())
-        for name, param in self.model.named_parameters():
-            if not self.optimizer.state.get(param):
-                raise ValueError(
-                    f"{optimizer_path}: no AdamW state for parameter {name!r}; influence needs the state of a "
-                    "student that has taken at least one warm-up step"
-                )
-        encoded = []
-        for row in references.itertuples(index=False):
-            try:
-                encoded.append(encode_example(self.tokenizer, row.instruction, row.response, max_length))
-            except ValueError as e:
-                raise ValueError(f"reference {row.reference_id}: {e}") from e
-        encoded.sort(key=lambda e: len(e["input_ids"]))
-        self.reference_batches = [
-            collate(encoded[i : i + reference_batch_size], self.tokenizer.pad_token_id)
-            for i in range(0, len(encoded), reference_batch_size)
-        ]
-        self.n_references = len(encoded)
         self.weights = [p.detach().clone() for p in self.params]
         self.moments = [{k: v.clone() for k, v in self.optimizer.state[p].items()} for p in self.params]
         self.loss_before = self.reference_loss()
@@ -75,11 +42,7 @@ class InfluenceEngine:
 
     def reference_loss(self) -> float:
         """Mean over references of each reference's mean token loss, under the current weights."""
-        total = torch.zeros((), dtype=torch.float64, device=self.model.device)
-        with torch.inference_mode():
-            for batch in self.reference_batches:
-                total += example_losses(self.model, batch).sum()
-        return float(total / self.n_references)
+        return self.references.loss(self.model)
 
     def restore(self) -> None:
         """Put back the warm weights and AdamW state captured at construction."""
@@ -101,9 +64,8 @@ class InfluenceEngine:
         finally:
             self.restore()
 
-    def step_loss(self, instruction: str, response: str) -> float:
-        """Reference loss after one AdamW step on this example alone; the engine is restored afterwards."""
-        example = encode_example(self.tokenizer, instruction, response, self.max_length)
+    def loss_after_step(self, example: dict[str, list[int]]) -> float:
+        """Reference loss after one AdamW step on this encoded example alone; the engine is restored afterwards."""
         batch = collate([example], self.tokenizer.pad_token_id)
         try:
             self.optimizer.zero_grad(set_to_none=True)
@@ -118,31 +80,10 @@ class InfluenceEngine:
 
         The result holds SCORE_COLUMNS followed by the candidates' other columns, passed through untouched.
         """
-        if baseline not in BASELINES:
-            raise ValueError(f"influence.baseline: {baseline!r} is not one of {', '.join(BASELINES)}")
-        missing = [c for c in CANDIDATE_COLUMNS if c not in candidates.columns]
-        if missing:
-            raise ValueError(f"candidates lack column(s) {missing} (has {list(candidates.columns)})")
-        ok = candidates[candidates["verdict"] == "ok"].reset_index(drop=True)
-        losses_after = []
-        for row in tqdm(ok.itertuples(index=False), total=len(ok), desc="influence", unit="candidate"):
-            try:
-                losses_after.append(self.step_loss(row.instruction, row.response))
-            except ValueError as e:
-                raise ValueError(f"candidate {row.candidate_id}: {e}") from e
-        after = pd.Series(losses_after, dtype="float64")
-        scores = pd.DataFrame(
-            {
-                "candidate_id": ok["candidate_id"],
-                "prompt_id": ok["prompt_id"],
-                "loss_before": pd.Series(self.loss_before, index=ok.index, dtype="float64"),
-                "loss_null_step": pd.Series(self.loss_null_step, index=ok.index, dtype="float64"),
-                "loss_after": after,
-                "influence_before_step": self.loss_before - after,
-                "influence_null_step": self.loss_null_step - after,
-            }
-        )
-        scores["influence"] = scores[f"influence_{baseline}"]
-        scores["baseline"] = pd.Series(baseline, index=ok.index, dtype="object")
-        passed = ok.drop(columns=["candidate_id", "prompt_id"])
-        return pd.concat([scores, passed], axis=1)
+        ok = scorable(candidates, baseline)
+        examples = encode_candidates(self.tokenizer, ok, self.max_length)
+        losses_after = [
+            self.loss_after_step(example)
+            for example in tqdm(examples, desc="influence (exact)", unit="candidate", total=len(examples))
+        ]
+        return score_frame(ok, self.loss_before, self.loss_null_step, losses_after, baseline, self.mode)

@@ -75,6 +75,29 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def label_span(labels: torch.Tensor) -> tuple[int, int]:
+    """First and one-past-last column of `labels` that holds a label token in some row of the batch.
+
+    Column 0 never counts: no position predicts the first token.
+    """
+    columns = (labels != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+    if columns.numel() == 0:
+        raise ValueError("the batch has no label token (every label is -100)")
+    return max(int(columns[0]), 1), int(columns[-1]) + 1
+
+
+def span_loss_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row: the summed next-token loss of `logits` (batch, span, vocabulary) against `targets` (batch, span)."""
+    # float64 loss: a float32 ulp at ~11 nats (an untrained model) is ~1e-6, the size of the smallest
+    # influences; one row at a time keeps the float64 copy of the vocabulary-wide logits small.
+    return torch.stack(
+        [
+            F.cross_entropy(row.double(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+            for row, target in zip(logits, targets)
+        ]
+    )
+
+
 def token_loss_sums(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: the summed next-token loss over label tokens, and how many label tokens there are.
 
@@ -82,24 +105,13 @@ def token_loss_sums(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> t
     """
     batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
     labels = batch["labels"]
-    columns = (labels != IGNORE_INDEX).any(dim=0).nonzero().flatten()
-    if columns.numel() == 0:
-        raise ValueError("the batch has no label token (every label is -100)")
-    start, end = max(int(columns[0]), 1), int(columns[-1]) + 1
+    start, end = label_span(labels)
     # The logits at position t predict token t + 1; only the span that holds labels needs them, and the
     # vocabulary-sized head is a large share of a small model's compute.
     keep = torch.arange(start - 1, end - 1, device=model.device)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
     targets = labels[:, start:end]
-    # float64 loss: a float32 ulp at ~11 nats (an untrained model) is ~1e-6, the size of the smallest
-    # influences; one row at a time keeps the float64 copy of the vocabulary-wide logits small.
-    sums = torch.stack(
-        [
-            F.cross_entropy(row.double(), target, ignore_index=IGNORE_INDEX, reduction="sum")
-            for row, target in zip(logits, targets)
-        ]
-    )
-    return sums, (targets != IGNORE_INDEX).sum(dim=1)
+    return span_loss_sums(logits, targets), (targets != IGNORE_INDEX).sum(dim=1)
 
 
 def example_losses(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:

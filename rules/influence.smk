@@ -1,4 +1,5 @@
-# Local influence of each candidate: one AdamW step from the warm student, reference loss before - after.
+# Local influence of each candidate: one AdamW step from the warm student, reference loss before - after
+# (influence.mode: exact takes the step, first_order its first-order estimate).
 # Scattered into shards (`--set-scatter influence=N`), each a GPU job on a cluster, then gathered.
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from montessori.influence import InfluenceEngine
+from montessori.influence_modes import score_shard
 from montessori.io import write_parquet
 from montessori.jobs import start_job
 from montessori.shards import shard_of
@@ -13,15 +13,16 @@ shard, n_shards = (int(x) for x in snakemake.wildcards.scatteritem.split("-of-")
 cfg = snakemake.params.influence
 candidates = pd.read_parquet(snakemake.input.candidates)
 candidates = shard_of(candidates[candidates["verdict"] == "ok"], shard - 1, n_shards)
-log.info("shard %d of %d: %d candidates", shard, n_shards, len(candidates))
+log.info("shard %d of %d: %d candidates, mode %s", shard, n_shards, len(candidates), cfg["mode"])
 student = Path(snakemake.input.student)
-engine = InfluenceEngine(
+scores = score_shard(
+    candidates,
     student / "model",
     student / "optimizer.pt",
     pd.read_parquet(snakemake.input.reference),
-    max_length=cfg["max_length"],
-    reference_batch_size=cfg["reference_batch_size"],
+    cfg,
+    seed=snakemake.params.seed,
+    shard=shard,
 )
-scores = engine.score(candidates, baseline=cfg["baseline"])
 scores["shard"] = shard
 write_parquet(scores, snakemake.output[0])

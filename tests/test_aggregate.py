@@ -105,7 +105,11 @@ def write_experiment(results: Path, experiment: str, iterations: int, with_confi
             "loss_before": 2.0, "loss_null_step": 1.9, "loss_after": [1.9 - v for v in influence.values()],
             "influence_before_step": [0.1 + v for v in influence.values()],
             "influence_null_step": list(influence.values()), "influence": list(influence.values()),
-            "baseline": "null_step", "shard": [0, 1, 0, 1, 0], "instruction": "passed through",
+            "baseline": "null_step", "mode": "first_order",
+            # influence.validate: 1, exact-scored p1-0 of shard 0 and p2-0 of shard 1.
+            "influence_exact": [0.51, None, None, 0.24, None], "validation_spearman": float("nan"),
+            "validation_sign_agreement": 1.0, "validation_max_relative_error": [0.02, 0.04, 0.02, 0.04, 0.02],
+            "shard": [0, 1, 0, 1, 0], "instruction": "passed through",
         }).to_parquet(folder / "influence.parquet")  # fmt: skip
         pd.DataFrame({
             "pair_id": [f"{stage}-pair{k}" for k in (1, 2)], "prompt_id": f"{stage}-p1", "iteration": iteration,
@@ -193,6 +197,13 @@ def test_tables_hold_both_experiments_with_lineage(built):
     _, db, counts = built
     per_experiment = query(db, "SELECT experiment, count(*) AS n FROM influence GROUP BY ALL ORDER BY ALL")
     assert per_experiment.to_dict("list") == {"experiment": ["alpha", "beta"], "n": [10, 5]}
+    validated = query(db, "SELECT shard, influence_exact, validation_max_relative_error AS error, "
+                          "validation_spearman FROM influence WHERE experiment = 'beta' "
+                          "AND influence_exact IS NOT NULL ORDER BY shard")  # fmt: skip
+    assert validated[["shard", "influence_exact", "error"]].to_dict("list") == {
+        "shard": [0, 1], "influence_exact": [0.51, 0.24], "error": [0.02, 0.04]
+    }  # fmt: skip
+    assert validated["validation_spearman"].isna().all()
     assert counts["candidates"] == (1 + 2 * 6 + 3 * 2) + (1 + 6 + 2 * 2)
     final = query(db, "SELECT method, count(*) AS n FROM candidates WHERE stage = 'final' AND experiment = 'alpha' "
                       "GROUP BY ALL ORDER BY ALL")  # fmt: skip

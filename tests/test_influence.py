@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from montessori.influence import SCORE_COLUMNS, InfluenceEngine
+from montessori.influence import InfluenceEngine
+from montessori.influence_base import SCORE_COLUMNS
 from montessori.shards import gather, shard_of
 from montessori.student import IGNORE_INDEX, encode_example, load_model, load_optimizer, warm_up
 from tests.conftest import TOY_EXAMPLES as WARM_UP

@@ -144,6 +144,10 @@ def test_end_to_end_on_the_test_config(tmp_path):
         assert set(influence["candidate_id"]) == set(candidates.loc[candidates["verdict"] == "ok", "candidate_id"])
         assert len(pairs) > 0 and (pairs["chosen_influence"] > 0).all() and (pairs["rejected_influence"] < 0).all()
         assert set(pairs["chosen_candidate_id"]) <= set(candidates["candidate_id"])
+        # configs/test.yaml: first_order, 3 candidates of each shard checked against the exact engine.
+        assert (influence["mode"] == "first_order").all()
+        assert influence.groupby("shard")["influence_exact"].count().between(1, 3).all()
+        assert influence["validation_sign_agreement"].between(0, 1).all()
         assert set(candidates.explode("seed_ids")["seed_ids"].dropna()) <= set(seeds["seed_id"])
         assert (results / f"iter{iteration}/teacher/config.json").exists()
     for method in ("self_instruct", "montessori"):
@@ -182,6 +186,30 @@ def test_end_to_end_on_the_test_config(tmp_path):
         "sft_student": 1,
         "alpaca_eval_outputs": 1,
         "alpaca_eval": 1,  # montessori only: the self_instruct reference answers are unchanged
+        "lm_eval": 1,
+        "mt_bench": 1,
+        "aggregate": 1,
+        "plots": 1,
+        "table1": 1,
+        "all": 1,
+    }
+
+    # The influence mode changes every score, so it reruns influence and everything downstream of it (both
+    # iterations), and nothing upstream: no pool, warm-up or iteration-1 synthesis.
+    changed = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
+    changed["influence"]["mode"] = "exact"
+    changed_path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    assert planned_jobs("--configfile", str(changed_path)) == {
+        "influence_shard": 4,
+        "gather_influence": 2,
+        "pairs": 2,
+        "dpo_teacher": 2,
+        "synthesize_iteration": 1,  # iteration 2 is written by teacher_1
+        "synthesize_final": 1,  # montessori only
+        "snapshot_config": 1,
+        "sft_student": 1,
+        "alpaca_eval_outputs": 1,
+        "alpaca_eval": 1,
         "lm_eval": 1,
         "mt_bench": 1,
         "aggregate": 1,
