@@ -4,7 +4,10 @@ Synthesis runs in rounds of up to `batch_size` prompts, because the in-context r
 so far: all examples come from the seed pool until enough instructions exist, then some come from earlier
 generations. Each round writes instructions, filters them, and answers the accepted ones, so a job asked for
 `n_examples` keeps prompting until that many candidates are usable end to end (an answer can still come out
-empty, too long, or cut off at max_tokens).
+empty, too long, or cut off at max_tokens), and a Montessori iteration asked for `n_prompts` keeps prompting
+until that many prompts are *pairable*: two or more usable candidates, the least a preference pair needs. A
+small teacher fails the format or copies an in-context example often enough that a fixed prompt count would
+leave most prompts with one usable candidate and the iteration with no pairs.
 
 A run is deterministic given the seed: each round draws from one random stream and asks the teacher with
 seeds derived from the number of prompts so far, so a round can be replayed from its saved rows
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,17 +52,26 @@ class SynthesisPlan:
     stage: str  # random stream and id prefix: warmup, iter1, final (shared by methods: same seeds)
     iteration: int  # which teacher writes: 0 = untrained
     candidates_per_prompt: int
-    n_prompts: int | None = None  # fixed number of teacher prompts (Montessori iterations)
+    n_prompts: int | None = None  # keep prompting until this many prompts are pairable (Montessori iterations)
     n_examples: int | None = None  # keep prompting until this many candidates are usable end to end
-    max_prompts_factor: int = 4  # give up after n_examples * factor prompts (a teacher that never follows)
+    max_prompts_factor: int = 4  # give up after target * factor prompts (a teacher that never follows)
 
     def __post_init__(self) -> None:
         if (self.n_prompts is None) == (self.n_examples is None):
             raise ValueError("set exactly one of n_prompts and n_examples")
+        if self.n_prompts is not None and self.candidates_per_prompt < 2:
+            raise ValueError(
+                f"candidates_per_prompt is {self.candidates_per_prompt}; a Montessori iteration needs at least 2 "
+                "candidates per prompt to form preference pairs (synthesis.candidates_per_prompt)"
+            )
+
+    @property
+    def target(self) -> int:
+        return self.n_prompts if self.n_prompts is not None else self.n_examples
 
     @property
     def max_prompts(self) -> int:
-        return self.n_prompts if self.n_prompts is not None else self.n_examples * self.max_prompts_factor
+        return self.target * self.max_prompts_factor
 
 
 def stage_rng(seed: int, stage: str) -> np.random.Generator:
@@ -88,6 +101,11 @@ class SynthesisState:
     @property
     def n_usable(self) -> int:
         return sum(row["verdict"] == OK for row in self.rows)
+
+    @property
+    def n_pairable(self) -> int:
+        usable = Counter(row["prompt_id"] for row in self.rows if row["verdict"] == OK)
+        return sum(count >= 2 for count in usable.values())
 
     def accept(self, row: dict, examples: list[str]) -> None:
         """The novelty verdict of a row that passed the other filters; an accepted instruction joins the pool."""
@@ -120,16 +138,16 @@ class Synthesis:
             stage_rng(self.seed, self.plan.stage), RougeFilter(self.synthesis["filters"]["max_rouge_l"])
         )
 
+    def reached(self, state: SynthesisState) -> int:
+        """Progress towards plan.target: usable candidates (n_examples) or pairable prompts (n_prompts)."""
+        return state.n_usable if self.plan.n_examples is not None else state.n_pairable
+
     def done(self, state: SynthesisState) -> bool:
-        if state.n_prompts >= self.plan.max_prompts:
-            return True
-        return self.plan.n_examples is not None and state.n_usable >= self.plan.n_examples
+        return state.n_prompts >= self.plan.max_prompts or self.reached(state) >= self.plan.target
 
     def round_size(self, state: SynthesisState) -> int:
         size = min(self.batch_size, self.plan.max_prompts - state.n_prompts)
-        if self.plan.n_examples is not None:
-            size = min(size, prompts_still_needed(self.plan.n_examples, state.n_usable, state.n_prompts))
-        return size
+        return min(size, prompts_still_needed(self.plan.target, self.reached(state), state.n_prompts))
 
     def contexts(self, state: SynthesisState, size: int) -> list[list[str]]:
         cfg = self.synthesis
@@ -260,15 +278,26 @@ def synthesize(
         rows = job.run_round(state)
         if after_round is not None:
             after_round(rows)
-        log.info("%s: %d prompts, %d usable candidates", plan.stage, state.n_prompts, state.n_usable)
+        log.info(
+            "%s: %d prompts, %d usable candidates, %d pairable prompts",
+            plan.stage, state.n_prompts, state.n_usable, state.n_pairable,
+        )  # fmt: skip
     candidates = job.frame(state)
     log.info("verdicts: %s", candidates["verdict"].value_counts().to_dict())
-    if plan.n_examples is not None and state.n_usable < plan.n_examples:
+    if job.reached(state) < plan.target:
+        what = "usable candidates" if plan.n_examples is not None else "pairable prompts"
         log.warning(
-            "%s: only %d of %d candidates are usable after %d prompts (the budget: synthesis.max_prompts_factor)",
-            plan.stage, state.n_usable, plan.n_examples, state.n_prompts,
+            "%s: only %d of %d %s after %d prompts (the budget: synthesis.max_prompts_factor)",
+            plan.stage, job.reached(state), plan.target, what, state.n_prompts,
         )  # fmt: skip
     return candidates
+
+
+def pairable(candidates: pd.DataFrame) -> pd.DataFrame:
+    """The usable candidates of prompts with at least two of them: the only ones a preference pair can use, so
+    the only ones whose influence is worth measuring."""
+    usable = candidates[candidates["verdict"] == OK]
+    return usable[usable.groupby("prompt_id")["candidate_id"].transform("size") >= 2]
 
 
 def training_set(candidates: pd.DataFrame, n_examples: int, where: str, exact: bool = True) -> pd.DataFrame:

@@ -6,13 +6,15 @@ from montessori.influence_modes import score_shard
 from montessori.io import write_parquet
 from montessori.jobs import start_job
 from montessori.shards import shard_of
+from montessori.synthesize import pairable
 
 log = start_job(snakemake)
 # Snakemake numbers scatter items 1..N; shard_of counts from 0.
 shard, n_shards = (int(x) for x in snakemake.wildcards.scatteritem.split("-of-"))
 cfg = snakemake.params.influence
 candidates = pd.read_parquet(snakemake.input.candidates)
-candidates = shard_of(candidates[candidates["verdict"] == "ok"], shard - 1, n_shards)
+# A candidate alone on its prompt cannot form a pair: its influence is not measured.
+candidates = shard_of(pairable(candidates), shard - 1, n_shards)
 log.info("shard %d of %d: %d candidates, mode %s", shard, n_shards, len(candidates), cfg["mode"])
 student = Path(snakemake.input.student)
 scores = score_shard(

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from montessori.synthesize import pairable
 from tests.conftest import ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--directory", str(ROOT), "--snakefile", str(ROOT / "Snakefile")]
@@ -141,7 +142,9 @@ def test_end_to_end_on_the_test_config(tmp_path):
         candidates = pd.read_parquet(results / f"iter{iteration}/candidates.parquet")
         influence = pd.read_parquet(results / f"iter{iteration}/influence.parquet")
         pairs = pd.read_parquet(results / f"iter{iteration}/pairs.parquet")
-        assert set(influence["candidate_id"]) == set(candidates.loc[candidates["verdict"] == "ok", "candidate_id"])
+        # Influence is measured for the candidates a pair can use: usable ones on prompts with two or more.
+        assert set(influence["candidate_id"]) == set(pairable(candidates)["candidate_id"])
+        assert (pairable(candidates).groupby("prompt_id").size() >= 2).sum() == 6  # influence.n_prompts
         assert len(pairs) > 0 and (pairs["chosen_influence"] > 0).all() and (pairs["rejected_influence"] < 0).all()
         assert set(pairs["chosen_candidate_id"]) <= set(candidates["candidate_id"])
         # configs/test.yaml: first_order, 3 candidates of each shard checked against the exact engine.

@@ -10,7 +10,14 @@ import pytest
 from montessori.config import validate_config
 from montessori.generate import Completion
 from montessori.prompts import TeacherPrompt, load_prompt
-from montessori.synthesize import ShortSetError, SynthesisPlan, prompts_still_needed, synthesize, training_set
+from montessori.synthesize import (
+    ShortSetError,
+    SynthesisPlan,
+    pairable,
+    prompts_still_needed,
+    synthesize,
+    training_set,
+)
 
 SEEDS = pd.DataFrame(
     {
@@ -62,8 +69,8 @@ class ScriptedTeacher:
 
 def tagged(k: int) -> str:
     topic = TOPICS[k % len(TOPICS)]
-    # Distinct topics stay below the ROUGE-L threshold of each other (4 of 6 words shared).
-    return f"A new topic.\n<instruction>Describe {topic} in {k + 2} short sentences.</instruction>"
+    # Every sample stays below the ROUGE-L threshold of every other (at most 5 of 10 words shared).
+    return f"A new topic.\n<instruction>Describe {topic} in {k + 2} short sentences (k{k}a k{k}b k{k}c).</instruction>"
 
 
 @pytest.fixture
@@ -97,7 +104,7 @@ def test_fixed_prompt_count_keeps_every_candidate_with_its_lineage(synthesis):
     assert (first["n_generated_in_context"] == 0).all() and first["seed_ids"].map(len).eq(8).all()
     assert (second["n_generated_in_context"] == 2).all() and second["seed_ids"].map(len).eq(6).all()
     assert candidates["raw_output"].iloc[0] == tagged(0)
-    assert candidates["instruction"].iloc[0] == "Describe tides in 2 short sentences."
+    assert candidates["instruction"].iloc[0] == "Describe tides in 2 short sentences (k0a k0b k0c)."
 
 
 def test_bad_teacher_outputs_get_verdicts_not_crashes(synthesis):
@@ -130,7 +137,9 @@ def test_bad_teacher_outputs_get_verdicts_not_crashes(synthesis):
         return "Fine."
 
     synthesis["max_example_tokens"] = 100
-    plan = SynthesisPlan(stage="iter1", iteration=1, candidates_per_prompt=len(outputs), n_prompts=1)
+    plan = SynthesisPlan(
+        stage="iter1", iteration=1, candidates_per_prompt=len(outputs), n_prompts=1, max_prompts_factor=1
+    )
     candidates = run(ScriptedTeacher(script, answer), plan, synthesis)
     assert candidates["verdict"].tolist() == [
         "no_instruction", "ok", "similar_to_accepted", "banned_word", "empty_response", "too_long", "too_short",
@@ -199,7 +208,35 @@ def test_a_teacher_that_never_follows_the_format_stops_at_the_prompt_budget(synt
         candidates = run(teacher, plan, synthesis, batch_size=64)
     assert len(candidates) == 3 * plan.max_prompts_factor and sum(teacher.instruction_calls) == 12
     assert (candidates["verdict"] == "no_instruction").all() and candidates["response"].isna().all()
-    assert "only 0 of 3 candidates are usable after 12 prompts" in caplog.text
+    assert "only 0 of 3 usable candidates after 12 prompts" in caplog.text
+
+
+def test_an_iteration_prompts_until_enough_prompts_can_form_a_pair(synthesis, caplog):
+    def unique(k):
+        return "<instruction>" + " ".join(f"w{k}x{j}" for j in range(5)) + "</instruction>"
+
+    # One usable sample in four for the first 8 prompts (none pairable), then every sample is usable.
+    teacher = ScriptedTeacher(lambda k: unique(k) if k % 4 == 0 or k >= 32 else "no tag here")
+    plan = SynthesisPlan(stage="iter1", iteration=1, candidates_per_prompt=4, n_prompts=3)
+    candidates = run(teacher, plan, synthesis, batch_size=4)
+    # Rounds of 4 within the budget of 3 x 4 = 12 prompts; the third round's 4 prompts are all pairable.
+    assert teacher.instruction_calls == [4, 4, 4]
+    usable = candidates[candidates["verdict"] == "ok"].groupby("prompt_id").size()
+    assert usable.max() == 4 and (usable >= 2).sum() == 4
+    kept = pairable(candidates)
+    assert set(kept["prompt_id"]) == set(usable[usable >= 2].index) and (kept["verdict"] == "ok").all()
+    assert len(kept) == 16
+
+    never = ScriptedTeacher(lambda k: unique(k) if k % 4 == 0 else "no tag here")
+    with caplog.at_level(logging.WARNING):
+        short = run(never, plan, synthesis, batch_size=4)
+    assert sum(never.instruction_calls) == 12 and pairable(short).empty
+    assert "only 0 of 3 pairable prompts after 12 prompts" in caplog.text
+
+
+def test_an_iteration_needs_two_candidates_per_prompt():
+    with pytest.raises(ValueError, match="at least 2 candidates per prompt"):
+        SynthesisPlan(stage="iter1", iteration=1, candidates_per_prompt=1, n_prompts=4)
 
 
 def test_same_seed_same_prompts(synthesis):
