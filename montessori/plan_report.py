@@ -146,10 +146,11 @@ def _totals_lines(config: dict) -> list[str]:
     calls = t["alpaca_eval_calls"] + t["mt_bench_calls"]
     return [
         "totals",
-        f"  candidates       {t['candidates_per_iteration']:,} per iteration ({t['prompts']:,} prompts x "
-        f"{t['candidates_per_prompt']}), {t['candidates']:,} over {t['iterations']} iterations; "
-        f"{_n(shards, 'influence shard')} of ~{-(-t['candidates_per_iteration'] // shards):,} each",
-        f"  influence steps  at most {t['candidates']:,} (one AdamW step per candidate that passes the filters)",
+        f"  candidates       at least {t['candidates_per_iteration']:,} per iteration ({t['prompts']:,} pairable "
+        f"prompts x {t['candidates_per_prompt']}; more prompts where one yields fewer than 2 usable), "
+        f"{t['candidates']:,} over {t['iterations']} iterations; "
+        f"{_n(shards, 'influence shard')} of at most ~{-(-t['candidates_per_iteration'] // shards):,} each",
+        f"  influence steps  at most {t['candidates']:,} (one AdamW step per usable candidate of a pairable prompt)",
         f"  DPO pairs        at most {t['pairs_per_iteration']:,} per iteration ({t['prompts']:,} prompts x "
         f"floor({t['candidates_per_prompt']}/2) x ceil({t['candidates_per_prompt']}/2) = {t['pairs_per_prompt']}), "
         f"{t['pairs']:,} overall",

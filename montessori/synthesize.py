@@ -278,10 +278,8 @@ def synthesize(
         rows = job.run_round(state)
         if after_round is not None:
             after_round(rows)
-        log.info(
-            "%s: %d prompts, %d usable candidates, %d pairable prompts",
-            plan.stage, state.n_prompts, state.n_usable, state.n_pairable,
-        )  # fmt: skip
+        pairable_note = f", {state.n_pairable} pairable prompts" if plan.n_prompts is not None else ""
+        log.info("%s: %d prompts, %d usable candidates%s", plan.stage, state.n_prompts, state.n_usable, pairable_note)
     candidates = job.frame(state)
     log.info("verdicts: %s", candidates["verdict"].value_counts().to_dict())
     if job.reached(state) < plan.target:
