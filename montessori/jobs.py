@@ -1,42 +1,33 @@
-"""What every Snakemake script does first: log to the rule's log file, size torch to the job's threads."""
+"""What every Snakemake script does first: print only to the rule's log file, size torch to the job's threads."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import Any, TextIO
-
-
-class _Tee:
-    """Copies a stream (progress bars, library warnings) into the job's log file as well."""
-
-    def __init__(self, stream: TextIO, log_file: TextIO):
-        self._stream, self._log_file = stream, log_file
-
-    def write(self, text: str) -> int:
-        self._log_file.write(text)
-        self._log_file.flush()
-        return self._stream.write(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-        self._log_file.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
+from typing import Any
 
 
 def start_job(snakemake: Any) -> logging.Logger:
-    """Route logging and stderr to snakemake.log[0] (and the terminal); use the job's threads for torch."""
+    """Route everything the job prints to snakemake.log[0]; use the job's threads for torch.
+
+    The job's file descriptors 1 and 2 are pointed at the log, not only Python's sys.stdout/sys.stderr: vLLM's
+    engine, C++ warnings and child processes (vLLM workers, torchrun ranks) write to the descriptors they
+    inherit. The terminal keeps Snakemake's own progress; a failed job's log is shown there by Snakemake
+    (show-failed-logs in the profiles).
+    """
     name = snakemake.rule
     if snakemake.log:
         os.makedirs(os.path.dirname(snakemake.log[0]) or ".", exist_ok=True)
-        # Truncated, then appended to: the ranks of a multi-process job (montessori.launch) append to it too,
-        # and a file opened for writing at an offset would overwrite their lines.
-        open(snakemake.log[0], "w").close()
-        log_file = open(snakemake.log[0], "a", buffering=1)
-        sys.stderr = _Tee(sys.__stderr__, log_file)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # O_APPEND: the ranks of a multi-process job (montessori.launch) append to the same file, and a shared
+        # offset would let one overwrite another's lines.
+        log_fd = os.open(snakemake.log[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
