@@ -61,6 +61,13 @@ def _check_scored(scored: pd.DataFrame) -> None:
         )
 
 
+def pairable(candidates: pd.DataFrame) -> pd.DataFrame:
+    """The usable candidates (verdict "ok", montessori.synthesize.OK) of prompts with at least two of them: the
+    only ones a preference pair can use, so the only ones whose influence is worth measuring."""
+    usable = candidates[candidates["verdict"] == "ok"]
+    return usable[usable.groupby("prompt_id")["candidate_id"].transform("size") >= 2]
+
+
 def make_pairs(scored: pd.DataFrame) -> pd.DataFrame:
     """All chosen x rejected combinations per prompt_id, sorted by (iteration, prompt_id, chosen, rejected id)."""
     _check_scored(scored)

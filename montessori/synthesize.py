@@ -291,13 +291,6 @@ def synthesize(
     return candidates
 
 
-def pairable(candidates: pd.DataFrame) -> pd.DataFrame:
-    """The usable candidates of prompts with at least two of them: the only ones a preference pair can use, so
-    the only ones whose influence is worth measuring."""
-    usable = candidates[candidates["verdict"] == OK]
-    return usable[usable.groupby("prompt_id")["candidate_id"].transform("size") >= 2]
-
-
 def training_set(candidates: pd.DataFrame, n_examples: int, where: str, exact: bool = True) -> pd.DataFrame:
     """The first n usable candidates: instruction/response pairs with their lineage.
 

@@ -5,8 +5,8 @@ import pandas as pd
 from montessori.influence_modes import score_shard
 from montessori.io import write_parquet
 from montessori.jobs import start_job
+from montessori.pairs import pairable
 from montessori.shards import shard_of
-from montessori.synthesize import pairable
 
 log = start_job(snakemake)
 # Snakemake numbers scatter items 1..N; shard_of counts from 0.

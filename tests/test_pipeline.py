@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from montessori.synthesize import pairable
+from montessori.pairs import pairable
 from tests.conftest import ROOT
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--directory", str(ROOT), "--snakefile", str(ROOT / "Snakefile")]

@@ -9,11 +9,11 @@ import pytest
 
 from montessori.config import validate_config
 from montessori.generate import Completion
+from montessori.pairs import pairable
 from montessori.prompts import TeacherPrompt, load_prompt
 from montessori.synthesize import (
     ShortSetError,
     SynthesisPlan,
-    pairable,
     prompts_still_needed,
     synthesize,
     training_set,
