@@ -1,7 +1,12 @@
+import subprocess
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from montessori.prompts import TeacherPrompt, choose_in_context, load_prompt, parse_instruction
+from tests.conftest import ROOT
 
 SEEDS = [f"seed instruction {i}" for i in range(20)]
 GENERATED = [f"generated instruction {i}" for i in range(5)]
@@ -136,3 +141,16 @@ def test_in_context_choice_is_reproducible_and_k_generated_zero_means_seeds_only
 def test_in_context_errors_name_the_config_keys(seeds, k, k_generated, match):
     with pytest.raises(ValueError, match=match):
         choose_in_context(seeds, GENERATED, np.random.default_rng(0), k=k, k_generated=k_generated)
+
+
+def test_parse_modes_benchmark_counts_what_each_mode_accepts(tmp_path):
+    raw = ["<instruction>Closed.</instruction>", "<instruction>Never closed\n\nrambling", "no tag at all"]
+    path = tmp_path / "candidates.parquet"
+    pd.DataFrame({"raw_output": raw}).to_parquet(path)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/parse_modes.py"), str(path)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout  # fmt: skip
+    total = out.splitlines()[-1].split()
+    # outputs, strict (rate), lenient (rate), lenient only
+    assert total[0] == "total" and total[1] == "3" and total[2] == "1" and total[4] == "2" and total[6] == "1"
