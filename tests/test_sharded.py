@@ -32,9 +32,10 @@ CFG = {
 }
 LOSS_COLUMNS = ["loss_before", "loss_null_step", "loss_after"]
 INFLUENCE_COLUMNS = ["influence_before_step", "influence_null_step", "influence"]
-# Measured (float32 weights, float64 losses): see the asserts.
+# Measured 2 vs 1 process (float32 weights and forwards, float64 loss sums): weights 4.4e-6 relative L2 (the
+# largest tensor's), moments 3.9e-6, losses and influences 5.2e-8 absolute (on losses of ~10 nats).
 WEIGHT_TOLERANCE = 1e-5
-MOMENT_TOLERANCE = 1e-4
+MOMENT_TOLERANCE = 2e-5
 LOSS_TOLERANCE = 1e-6
 INFLUENCE_TOLERANCE = 1e-6
 SECONDS = {}
