@@ -94,6 +94,9 @@ def gather_full_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     if dist.get_rank() != 0:
         return {}, {}
     names = parameter_names(model)
+    # A tied parameter (the head of tie_word_embeddings) is one tensor, saved once, as a one-process save does.
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - set(names)
+    model_state = {key: value for key, value in model_state.items() if key not in tied}
     (group,) = by_name["param_groups"]
     state = {index: by_name["state"][name] for index, name in enumerate(names) if name in by_name["state"]}
     return model_state, {"state": state, "param_groups": [{**group, "params": list(range(len(names)))}]}

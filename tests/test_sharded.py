@@ -5,12 +5,13 @@ import time
 import pandas as pd
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from montessori.influence import InfluenceEngine
 from montessori.influence_modes import check_processes, run_shard
 from montessori.launch import run_stage
-from montessori.student import collate, encode_example, example_losses
+from montessori.student import collate, encode_example, example_losses, load_model, load_optimizer
 from tests.conftest import TOY_EXAMPLES
 from tests.test_influence import CANDIDATES, REFERENCES
 
@@ -39,6 +40,11 @@ MOMENT_TOLERANCE = 2e-5
 LOSS_TOLERANCE = 1e-6
 INFLUENCE_TOLERANCE = 1e-6
 SECONDS = {}
+
+
+def safe_open_keys(warm_dir) -> set[str]:
+    with safe_open(warm_dir / "model" / "model.safetensors", "pt") as f:
+        return set(f.keys())
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -77,6 +83,9 @@ def test_two_process_warm_up_matches_one_process(warm):
     one = AutoModelForCausalLM.from_pretrained(root / "warm1" / "model").state_dict()
     two = AutoModelForCausalLM.from_pretrained(root / "warm2" / "model").state_dict()
     assert one.keys() == two.keys()
+    # The same files as a one-process save: a tied head is not saved twice, and the 2-process student loads in one.
+    assert safe_open_keys(root / "warm2") == safe_open_keys(root / "warm1")
+    load_optimizer(load_model(root / "warm2" / "model")[0], root / "warm2" / "optimizer.pt")
     weights = max(relative(two[k], one[k]) for k in one)
     saved = {p: torch.load(root / f"warm{p}" / "optimizer.pt", weights_only=True) for p in (1, 2)}
     assert saved[1]["param_names"] == saved[2]["param_names"]
