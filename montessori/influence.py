@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from montessori.influence_base import ReferenceSet, encode_candidates, load_warm_student, scorable, score_frame
-from montessori.student import collate, example_losses
+from montessori.student import collate, example_losses, load_model
 
 
 class InfluenceEngine:
@@ -31,14 +31,22 @@ class InfluenceEngine:
         max_length: int,
         reference_batch_size: int,
     ) -> None:
-        self.model, self.tokenizer, self.optimizer = load_warm_student(model_dir, optimizer_path)
-        self.references = ReferenceSet.encode(self.tokenizer, references, max_length, reference_batch_size)
+        self.model, self.tokenizer, self.optimizer = self._load(model_dir, optimizer_path)
+        self.references = ReferenceSet.encode(
+            self.tokenizer, references, max_length, reference_batch_size, *self._reference_split()
+        )
         self.max_length = max_length
         self.params = list(self.model.parameters())
         self.weights = [p.detach().clone() for p in self.params]
         self.moments = [{k: v.clone() for k, v in self.optimizer.state[p].items()} for p in self.params]
         self.loss_before = self.reference_loss()
         self.loss_null_step = self._null_step_loss()
+
+    def _load(self, model_dir, optimizer_path):
+        return load_warm_student(model_dir, optimizer_path)
+
+    def _reference_split(self) -> tuple[int, int]:
+        return 0, 1  # rank, world: one process evaluates every reference
 
     def reference_loss(self) -> float:
         """Mean over references of each reference's mean token loss, under the current weights."""
@@ -87,3 +95,24 @@ class InfluenceEngine:
             for example in tqdm(examples, desc="influence (exact)", unit="candidate", total=len(examples))
         ]
         return score_frame(ok, self.loss_before, self.loss_null_step, losses_after, baseline, self.mode)
+
+
+class ShardedInfluenceEngine(InfluenceEngine):
+    """The exact engine in G ranks of a process group (montessori.sharding): weights and AdamW state are sharded
+    with FSDP2, and the snapshot that `restore` copies back is each rank's own shards.
+
+    Every rank steps on the SAME candidate with its full loss: FSDP averages the ranks' gradients, and the average
+    of G identical gradients is the candidate's gradient g (a loss split over ranks would need scaling by G, as
+    the warm-up does). The reference set is split over the ranks (ReferenceSet), whose float64 loss sums are
+    all-reduced; every rank returns the same scores.
+    """
+
+    def _load(self, model_dir, optimizer_path):
+        from montessori import sharding
+
+        model, tokenizer = load_model(model_dir, torch.device("cpu"))
+        sharding.shard(model, sharding.rank_device())
+        return model, tokenizer, sharding.load_sharded_optimizer(model, optimizer_path)
+
+    def _reference_split(self) -> tuple[int, int]:
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()

@@ -46,13 +46,20 @@ def load_warm_student(model_dir: str | Path, optimizer_path: str | Path):
 
 @dataclass
 class ReferenceSet:
-    """The reference examples, tokenized, sorted by length and padded batch by batch to their longest member."""
+    """The reference examples, tokenized, sorted by length and padded batch by batch to their longest member.
+
+    In a job of G ranks (montessori.sharding) rank r holds references r, r + G, ... of the sorted set, and
+    `weights` 0 marks the batches a rank with fewer references runs for nothing, so that every rank runs as many
+    forwards (each an FSDP all-gather) as rank 0; the ranks' float64 loss sums are added up."""
 
     batches: list[dict[str, torch.Tensor]]
     size: int
+    weights: list[float] | None = None
 
     @classmethod
-    def encode(cls, tokenizer, references: pd.DataFrame, max_length: int, batch_size: int) -> ReferenceSet:
+    def encode(
+        cls, tokenizer, references: pd.DataFrame, max_length: int, batch_size: int, rank: int = 0, world: int = 1
+    ) -> ReferenceSet:
         if references.empty:
             raise ValueError(
                 "the reference set is empty: local influence is the change of the mean reference loss, "
@@ -65,17 +72,26 @@ class ReferenceSet:
             except ValueError as e:
                 raise ValueError(f"reference {row.reference_id}: {e}") from e
         encoded.sort(key=lambda e: len(e["input_ids"]))
-        batches = [
-            collate(encoded[i : i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)
-        ]
-        return cls(batches, len(encoded))
+        mine = encoded[rank::world]
+        batches = [collate(mine[i : i + batch_size], tokenizer.pad_token_id) for i in range(0, len(mine), batch_size)]
+        if world == 1:
+            return cls(batches, len(encoded))
+        rounds = -(-len(encoded[0::world]) // batch_size)  # rank 0's batches, the most any rank has
+        filler = collate(encoded[:1], tokenizer.pad_token_id)
+        weights = [1.0] * len(batches) + [0.0] * (rounds - len(batches))
+        return cls(batches + [filler] * (rounds - len(batches)), len(encoded), weights)
 
     def loss(self, model) -> float:
-        """Mean over references of each reference's mean token loss, under the model's current weights."""
+        """Mean over references of each reference's mean token loss, under the model's current weights.
+
+        no_grad, not inference_mode: FSDP's gathered parameters must not become inference tensors."""
         total = torch.zeros((), dtype=torch.float64, device=model.device)
-        with torch.inference_mode():
-            for batch in self.batches:
-                total += example_losses(model, batch).sum()
+        with torch.no_grad():
+            for index, batch in enumerate(self.batches):
+                losses = example_losses(model, batch).sum()
+                total += losses if self.weights is None else losses * self.weights[index]
+        if self.weights is not None:
+            torch.distributed.all_reduce(total)
         return float(total / self.size)
 
 

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch.distributed as dist
 from scipy.stats import spearmanr
 
 from montessori.first_order import FirstOrderEngine
-from montessori.influence import InfluenceEngine
+from montessori.influence import InfluenceEngine, ShardedInfluenceEngine
 from montessori.influence_base import SCORE_COLUMNS
+from montessori.io import write_parquet
+from montessori.parallel_training import world_size
 
 MODES = ("exact", "first_order")
 AGREEMENT_COLUMNS = ["validation_spearman", "validation_sign_agreement", "validation_max_relative_error"]
@@ -33,6 +36,9 @@ def new_engine(
 ) -> InfluenceEngine | FirstOrderEngine:
     """The engine of `mode` over the warm student, with the influence section `cfg` of the config."""
     shared = {"max_length": cfg["max_length"], "reference_batch_size": cfg["reference_batch_size"]}
+    check_processes(mode, world_size())
+    if mode == "exact" and world_size() > 1:
+        return ShardedInfluenceEngine(model_dir, optimizer_path, references, **shared)
     if mode == "exact":
         return InfluenceEngine(model_dir, optimizer_path, references, **shared)
     if mode == "first_order":
@@ -40,6 +46,44 @@ def new_engine(
             model_dir, optimizer_path, references, **shared, candidate_batch_size=cfg["candidate_batch_size"]
         )
     raise ValueError(f"influence.mode: {mode!r} is not one of {', '.join(MODES)}")
+
+
+def check_processes(mode: str, processes: int) -> None:
+    """Only the exact engine runs in several processes; fail before any work otherwise, naming the fix."""
+    if processes > 1 and mode != "exact":
+        raise ValueError(
+            f"influence.mode {mode!r} runs in one process, but rule influence_shard was given {processes} (its "
+            "`cpu_processes` resource on CPU, `gpu` on GPUs): set it to 1 (--set-resources "
+            "influence_shard:cpu_processes=1, or gpus.influence_shard: 1) or use influence.mode: exact"
+        )
+
+
+def run_shard(
+    candidates: str, model_dir: str, optimizer_path: str, references: str, cfg: dict, seed: int, shard: int, out: str
+) -> dict:
+    """The influence_shard stage (montessori.worker): score the shard's candidates (a parquet file) and write
+    them to `out` with their shard number. Under torchrun the exact engine runs sharded over the job's ranks
+    (ShardedInfluenceEngine) and rank 0 writes."""
+    check_processes(cfg["mode"], world_size())
+    candidates, references = pd.read_parquet(candidates), pd.read_parquet(references)
+
+    def score() -> pd.DataFrame:
+        scores = score_shard(candidates, model_dir, optimizer_path, references, cfg, seed=seed, shard=shard)
+        scores["shard"] = shard
+        return scores
+
+    if world_size() == 1:
+        scores = score()
+        write_parquet(scores, out)
+        return {"candidates": len(scores), "processes": 1}
+    from montessori import sharding
+
+    with sharding.process_group():
+        scores = score()
+        if sharding.rank() == 0:
+            write_parquet(scores, out)
+        dist.barrier()
+    return {"candidates": len(scores), "processes": world_size()}
 
 
 def _score(mode: str, candidates: pd.DataFrame, model_dir, optimizer_path, references, cfg) -> pd.DataFrame:

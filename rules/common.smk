@@ -105,6 +105,20 @@ def check_batch_splits():
 check_batch_splits()
 
 
+def check_influence_processes():
+    """first_order runs in one process: with gpus.influence_shard > 1 the run fails now (a CPU job's
+    cpu_processes is checked by the job itself, montessori.influence_modes.check_processes)."""
+    mode, gpus = config["influence"]["mode"], config["gpus"]["influence_shard"]
+    if mode != "exact" and gpus > 1:
+        raise ValueError(
+            f"invalid config: influence.mode {mode!r} runs in one process, but gpus.influence_shard = {gpus}: "
+            "set gpus.influence_shard: 1 (or --set-resources influence_shard:gpu=1) or use influence.mode: exact"
+        )
+
+
+check_influence_processes()
+
+
 def chat_template_input(role):
     """A .jinja chat format as an input, so editing the file reruns the same jobs (montessori/chat_format.py)."""
     spec = chat_template(role)

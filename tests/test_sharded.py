@@ -1,0 +1,176 @@
+"""Warm-up and exact influence in 2 processes (FSDP2 over gloo, montessori.sharding) against one process."""
+
+import time
+
+import pandas as pd
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+from montessori.influence import InfluenceEngine
+from montessori.influence_modes import check_processes, run_shard
+from montessori.launch import run_stage
+from montessori.student import collate, encode_example, example_losses, load_model, load_optimizer
+from tests.conftest import TOY_EXAMPLES
+from tests.test_influence import CANDIDATES, REFERENCES
+
+MAX_LENGTH = 80
+# 7 examples in batches of 3: the last batch has one example, so rank 1 takes a zero-weight step.
+WARM_UP = TOY_EXAMPLES.iloc[:7]
+# 5 references in batches of 2 over 2 ranks: rank 0 has 2 batches, rank 1 one and a zero-weight filler.
+FIVE_REFERENCES = pd.concat(
+    [REFERENCES, pd.DataFrame({"reference_id": ["r5"], "instruction": ["Name a bird."], "response": ["A robin."]})],
+    ignore_index=True,
+)
+CFG = {
+    "mode": "exact",
+    "baseline": "null_step",
+    "max_length": MAX_LENGTH,
+    "reference_batch_size": 2,
+    "candidate_batch_size": 2,
+    "validate": 0,
+}
+LOSS_COLUMNS = ["loss_before", "loss_null_step", "loss_after"]
+INFLUENCE_COLUMNS = ["influence_before_step", "influence_null_step", "influence"]
+# Measured 2 vs 1 process (float32 weights and forwards, float64 loss sums): weights 4.4e-6 relative L2 (the
+# largest tensor's), moments 3.9e-6, losses and influences 5.2e-8 absolute (on losses of ~10 nats).
+WEIGHT_TOLERANCE = 1e-5
+MOMENT_TOLERANCE = 2e-5
+LOSS_TOLERANCE = 1e-6
+INFLUENCE_TOLERANCE = 1e-6
+SECONDS = {}
+
+
+def safe_open_keys(warm_dir) -> set[str]:
+    with safe_open(warm_dir / "model" / "model.safetensors", "pt") as f:
+        return set(f.keys())
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@pytest.fixture(scope="module")
+def warm(tiny_model_dir, tmp_path_factory):
+    """The same warm-up in one process and in two; the summaries and the output folders."""
+    root = tmp_path_factory.mktemp("sharded")
+    examples = root / "examples.parquet"
+    WARM_UP.to_parquet(examples, index=False)
+    arguments = {
+        "model_path": str(tiny_model_dir),
+        "examples": str(examples),
+        "lr": 1e-3,
+        "epochs": 2,
+        "batch_size": 3,
+        "max_length": MAX_LENGTH,
+        "seed": 0,
+    }
+    summaries = {}
+    for processes in (1, 2):
+        started = time.perf_counter()
+        out = root / f"warm{processes}"
+        summaries[processes] = run_stage(
+            "warm_up", {**arguments, "out_dir": str(out)}, processes, threads=2, log_path=root / f"warm{processes}.log"
+        )
+        SECONDS[f"warm_up {processes}"] = time.perf_counter() - started
+    return summaries, root
+
+
+def test_two_process_warm_up_matches_one_process(warm):
+    summaries, root = warm
+    assert summaries[2]["processes"] == 2 and summaries[2]["steps"] == summaries[1]["steps"] == 6
+    one = AutoModelForCausalLM.from_pretrained(root / "warm1" / "model").state_dict()
+    two = AutoModelForCausalLM.from_pretrained(root / "warm2" / "model").state_dict()
+    assert one.keys() == two.keys()
+    # The same files as a one-process save: a tied head is not saved twice, and the 2-process student loads in one.
+    assert safe_open_keys(root / "warm2") == safe_open_keys(root / "warm1")
+    load_optimizer(load_model(root / "warm2" / "model")[0], root / "warm2" / "optimizer.pt")
+    weights = max(relative(two[k], one[k]) for k in one)
+    saved = {p: torch.load(root / f"warm{p}" / "optimizer.pt", weights_only=True) for p in (1, 2)}
+    assert saved[1]["param_names"] == saved[2]["param_names"]
+    assert saved[1]["hyperparameters"] == saved[2]["hyperparameters"]
+    state1, state2 = saved[1]["state_dict"]["state"], saved[2]["state_dict"]["state"]
+    assert state1.keys() == state2.keys() and len(state1) == len(saved[1]["param_names"])
+    moments = {key: max(relative(state2[i][key], state1[i][key]) for i in state1) for key in ("exp_avg", "exp_avg_sq")}
+    assert all(float(state2[i]["step"]) == float(state1[i]["step"]) == 6 for i in state1)
+    print(f"\nwarm-up 2 vs 1 process: weights rel L2 {weights:.2e}, moments {moments}, seconds {SECONDS}")
+    assert abs(summaries[2]["final_loss"] - summaries[1]["final_loss"]) < 1e-5
+    assert weights < WEIGHT_TOLERANCE
+    assert max(moments.values()) < MOMENT_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def scores(warm):
+    """Exact influence of the same shard over the one-process warm student, in one process and in two."""
+    _, root = warm
+    candidates, references = root / "candidates.parquet", root / "references.parquet"
+    CANDIDATES.to_parquet(candidates, index=False)
+    FIVE_REFERENCES.to_parquet(references, index=False)
+    arguments = {
+        "candidates": str(candidates),
+        "model_dir": str(root / "warm1" / "model"),
+        "optimizer_path": str(root / "warm1" / "optimizer.pt"),
+        "references": str(references),
+        "cfg": CFG,
+        "seed": 0,
+        "shard": 1,
+    }
+    frames = {}
+    for processes in (1, 2):
+        started = time.perf_counter()
+        out = root / f"scores{processes}.parquet"
+        summary = run_stage(
+            "influence_shard",
+            {**arguments, "out": str(out)},
+            processes,
+            threads=2,
+            log_path=root / f"influence{processes}.log",
+        )
+        SECONDS[f"influence {processes}"] = time.perf_counter() - started
+        assert summary == {"candidates": 4, "processes": processes}
+        frames[processes] = pd.read_parquet(out)
+    return frames
+
+
+def test_two_process_influence_matches_one_process(scores):
+    one, two = scores[1], scores[2]
+    assert list(two.columns) == list(one.columns) and len(one) == 4
+    assert two["candidate_id"].tolist() == one["candidate_id"].tolist()
+    assert (two["shard"] == 1).all() and (two["mode"] == "exact").all()
+    losses = max((two[c] - one[c]).abs().max() for c in LOSS_COLUMNS)
+    influences = max((two[c] - one[c]).abs().max() for c in INFLUENCE_COLUMNS)
+    print(f"\ninfluence 2 vs 1 process: losses max abs {losses:.2e}, influences max abs {influences:.2e}, {SECONDS}")
+    print(one[["candidate_id", *LOSS_COLUMNS, "influence"]].to_string())
+    assert losses < LOSS_TOLERANCE and influences < INFLUENCE_TOLERANCE
+
+
+def test_a_step_on_g_over_g_would_be_caught(warm, scores):
+    """Had each rank stepped on g/G (the candidate's loss split over G = 2 ranks and averaged once more), the loss
+    after the step would be that of a step on g/2: far further from the one-process scores than the tolerance."""
+    _, root = warm
+    engine = InfluenceEngine(root / "warm1" / "model", root / "warm1" / "optimizer.pt", FIVE_REFERENCES, MAX_LENGTH, 2)
+    row = CANDIDATES[CANDIDATES["candidate_id"] == "c1"].iloc[0]
+    batch = collate([encode_example(engine.tokenizer, row.instruction, row.response, MAX_LENGTH)], 0)
+    try:
+        engine.optimizer.zero_grad(set_to_none=True)
+        (example_losses(engine.model, batch).sum() / 2).backward()
+        engine.optimizer.step()
+        halved = engine.reference_loss()
+    finally:
+        engine.restore()
+    two = scores[2].set_index("candidate_id")
+    gap = abs(halved - two.loc["c1", "loss_after"])
+    print(f"\nloss after a step on g/2 vs the 2-process loss after g: {gap:.2e}")
+    assert gap > 100 * LOSS_TOLERANCE
+
+
+def test_first_order_in_several_processes_fails_before_any_work(monkeypatch, tmp_path):
+    check_processes("first_order", 1)
+    check_processes("exact", 4)
+    with pytest.raises(ValueError, match=r"given 2.*cpu_processes.*influence_shard:cpu_processes=1"):
+        check_processes("first_order", 2)
+    # A rank of a 2-process job refuses first_order before it reads a file.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="influence.mode 'first_order' runs in one process"):
+        run_shard(str(tmp_path / "none.parquet"), "", "", "", {**CFG, "mode": "first_order"}, 0, 1, "")
