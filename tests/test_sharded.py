@@ -1,19 +1,24 @@
 """Warm-up and exact influence in 2 processes (FSDP2 over gloo, montessori.sharding) against one process."""
 
+import shutil
 import time
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
+from montessori.config import validate_config
 from montessori.influence import InfluenceEngine
 from montessori.influence_modes import check_processes, run_shard
 from montessori.launch import run_stage
+from montessori.pairs import pairable
 from montessori.student import collate, encode_example, example_losses, load_model, load_optimizer
-from tests.conftest import TOY_EXAMPLES
+from tests.conftest import ROOT, TOY_EXAMPLES
 from tests.test_influence import CANDIDATES, REFERENCES
+from tests.test_pipeline import snakemake
 
 MAX_LENGTH = 80
 # 7 examples in batches of 3: the last batch has one example, so rank 1 takes a zero-weight step.
@@ -174,3 +179,54 @@ def test_first_order_in_several_processes_fails_before_any_work(monkeypatch, tmp
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="influence.mode 'first_order' runs in one process"):
         run_shard(str(tmp_path / "none.parquet"), "", "", "", {**CFG, "mode": "first_order"}, 0, 1, "")
+
+
+@pytest.mark.e2e
+def test_two_process_jobs_through_the_snakemake_rules(tmp_path):
+    """The test config's warm-up and exact influence shards as 2-process jobs (`cpu_processes=2`) through the
+    rules, on the real SmolLM2 student; the gathered scores equal a one-process scoring of the same shards."""
+    config = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
+    config["experiment"] = "test-2proc"
+    config["influence"].update(mode="exact", validate=0)  # first_order runs in one process only
+    config_path = tmp_path / "two_processes.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    results = ROOT / "results" / "test-2proc"
+    shutil.rmtree(results, ignore_errors=True)
+    snakemake(
+        "results/test-2proc/iter1/influence.parquet", "--configfile", str(config_path), "--cores", "2",
+        "--set-resources", "warmup_student:cpu_processes=2", "influence_shard:cpu_processes=2",
+    )  # fmt: skip
+
+    assert "launching warm_up in 2 processes" in (results / "logs/warmup_student.log").read_text()
+    for shard in (1, 2):
+        log = (results / f"logs/influence_shard/iter1-{shard}-of-2.log").read_text()
+        assert "launching influence_shard in 2 processes" in log
+    gathered = pd.read_parquet(results / "iter1/influence.parquet")
+    candidates = pd.read_parquet(results / "iter1/candidates.parquet")
+    assert set(gathered["candidate_id"]) == set(pairable(candidates)["candidate_id"])
+
+    one_process = []
+    for shard in (1, 2):
+        out = tmp_path / f"one_process_{shard}.parquet"
+        shard_candidates = gathered.loc[gathered["shard"] == shard, ["candidate_id"]].merge(candidates)
+        shard_candidates.to_parquet(tmp_path / f"candidates_{shard}.parquet", index=False)
+        run_shard(
+            str(tmp_path / f"candidates_{shard}.parquet"),
+            str(results / "warmup/student/model"),
+            str(results / "warmup/student/optimizer.pt"),
+            str(results / "pool/reference.parquet"),
+            validated_influence_config(config_path),
+            seed=config["seed"],
+            shard=shard,
+            out=str(out),
+        )
+        one_process.append(pd.read_parquet(out))
+    expected = pd.concat(one_process).set_index("candidate_id").sort_index()
+    actual = gathered.set_index("candidate_id").sort_index()
+    for column in LOSS_COLUMNS + INFLUENCE_COLUMNS:
+        assert (actual[column] - expected[column]).abs().max() < LOSS_TOLERANCE, column
+
+
+def validated_influence_config(path) -> dict:
+    """The influence params a rule passes its script: the config file's section with the schema's defaults."""
+    return validate_config(yaml.safe_load(path.read_text()))["influence"]
