@@ -186,14 +186,14 @@ def test_two_process_jobs_through_the_snakemake_rules(tmp_path):
     """The test config's warm-up and exact influence shards as 2-process jobs (`cpu_processes=2`) through the
     rules, on the real SmolLM2 student; the gathered scores equal a one-process scoring of the same shards."""
     config = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
-    config["experiment"] = "test-2proc"
+    config["experiment"] = "test-2proc-rules"  # not test-2proc: tests/test_job_resources.py uses that one
     config["influence"].update(mode="exact", validate=0)  # first_order runs in one process only
     config_path = tmp_path / "two_processes.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    results = ROOT / "results" / "test-2proc"
+    results = ROOT / "results" / "test-2proc-rules"
     shutil.rmtree(results, ignore_errors=True)
     snakemake(
-        "results/test-2proc/iter1/influence.parquet", "--configfile", str(config_path), "--cores", "2",
+        "results/test-2proc-rules/iter1/influence.parquet", "--configfile", str(config_path), "--cores", "2",
         "--set-resources", "warmup_student:cpu_processes=2", "influence_shard:cpu_processes=2",
     )  # fmt: skip
 
