@@ -65,9 +65,11 @@ def test_bad_batch_and_empty_set_fail_before_training(tiny_model_dir, tmp_path):
 
 def test_two_processes_train_what_one_process_trains(tiny_model_dir, tmp_path):
     """DDP over gloo, 2 ranks x micro-batch 2 vs one process accumulating 2 micro-batches: the same global batches,
-    and the loss of each normalised by the answer tokens of the whole global batch, so the same gradients. Measured
-    here: bitwise equal weights (max abs difference 0.0), with gradient checkpointing on in the 2-process run
-    (sft.gradient_checkpointing auto) and off in the 1-process one."""
+    and the loss of each normalised by the answer tokens of the whole global batch, so the same gradients, with
+    gradient checkpointing on in the 2-process run (sft.gradient_checkpointing auto) and off in the 1-process one.
+    Measured: max abs weight difference 0.0 in one run, 3.8e-6 in a CI run (float32 sums in another order: the
+    ranks run one thread each), against weight changes of ~1e-3 (lr 1e-3, 2 AdamW steps, whose normalised update
+    magnifies rounding in near-zero gradients); the test allows 1% of the largest change."""
     train_file = tmp_path / "train.parquet"
     TOY_EXAMPLES.to_parquet(train_file)
     one = train(tiny_model_dir, tmp_path / "one", TOY_EXAMPLES, precision="fp32")
@@ -85,8 +87,9 @@ def test_two_processes_train_what_one_process_trains(tiny_model_dir, tmp_path):
     assert saved_format(tmp_path / "two") == saved_format(tmp_path / "one")
     before, a, b = weights(tiny_model_dir), weights(tmp_path / "one"), weights(tmp_path / "two")
     assert a.keys() == b.keys()
-    assert max((a[name] - b[name]).abs().max().item() for name in a) <= 1e-6
-    assert max((a[name] - before[name]).abs().max().item() for name in a) > 1e-4  # the runs did move the weights
+    moved = max((a[name] - before[name]).abs().max().item() for name in a)
+    assert moved > 1e-4  # the runs did move the weights
+    assert max((a[name] - b[name]).abs().max().item() for name in a) <= 0.01 * moved
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "two").config.use_cache
 
 
