@@ -108,13 +108,10 @@ def load_sharded_optimizer(model, optimizer_path: str | Path) -> torch.optim.Ada
     `shard` (every rank reads the model folder), so only the AdamW state comes in here."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    saved = torch.load(optimizer_path, weights_only=True, map_location="cpu")
+    from montessori.student import read_optimizer
+
+    saved = read_optimizer(model, optimizer_path)
     names = parameter_names(model)
-    if saved["param_names"] != names:
-        raise ValueError(
-            f"{optimizer_path}: the optimizer state was saved for other parameters than the model's; "
-            "save model and optimizer together"
-        )
     state, (group,) = saved["state_dict"]["state"], saved["state_dict"]["param_groups"]
     if len(state) != len(names):
         raise ValueError(
@@ -128,10 +125,3 @@ def load_sharded_optimizer(model, optimizer_path: str | Path) -> torch.optim.Ada
     }
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
     return optimizer
-
-
-def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    """`value` summed over the ranks (in place; a no-op outside a process group)."""
-    if dist.is_initialized():
-        dist.all_reduce(value)
-    return value

@@ -142,8 +142,8 @@ def save_optimizer(
     )
 
 
-def load_optimizer(model: PreTrainedModel, path: str | Path) -> torch.optim.AdamW:
-    """Rebuild the saved AdamW over `model`'s parameters and restore its state; the parameter order must match."""
+def read_optimizer(model: torch.nn.Module, path: str | Path) -> dict:
+    """A saved optimizer.pt (save_optimizer), checked against `model`'s parameters: same names, same order."""
     # Loaded to the CPU first, so that a state saved on a GPU also loads on a CPU-only node; load_state_dict
     # then moves every tensor to its parameter's device.
     saved = torch.load(path, weights_only=True, map_location="cpu")
@@ -154,6 +154,12 @@ def load_optimizer(model: PreTrainedModel, path: str | Path) -> torch.optim.Adam
             f"{path}: the optimizer state was saved for other parameters than the model's "
             f"(first differences: {missing or 'same names, different order'}); save model and optimizer together"
         )
+    return saved
+
+
+def load_optimizer(model: PreTrainedModel, path: str | Path) -> torch.optim.AdamW:
+    """Rebuild the saved AdamW over `model`'s parameters and restore its state; the parameter order must match."""
+    saved = read_optimizer(model, path)
     optimizer = torch.optim.AdamW(model.parameters(), **saved["hyperparameters"])
     optimizer.load_state_dict(saved["state_dict"])
     return optimizer
