@@ -2,7 +2,7 @@
 
 Needs only torch, transformers, pandas and pyarrow (what a bare CUDA image has; no vLLM, TRL, Snakemake, duckdb
 or downloads): a Llama of SmolLM2-135M's shape (data/model_configs/, the vendored tokenizer) with random
-weights is built on the device, takes a few warm-up steps (montessori.student.warm_up), and the influence engine
+weights is built on the device, takes a few warm-up steps (montessori.warm_up), and the influence engine
 (montessori.influence.InfluenceEngine, exact) scores N candidates against M references there; a CPU-only child
 process (CUDA hidden) scores the first few candidates from the same warm student. Prints seconds per candidate,
 peak GPU memory and the CPU-vs-device agreement of the influences.
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible; run with --device cpu for a CPU-only check", file=sys.stderr)
         return 1
-    from montessori.student import warm_up
+    from montessori.warm_up import warm_up
 
     started = time.perf_counter()
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"

@@ -32,7 +32,8 @@ from montessori.influence import InfluenceEngine
 from montessori.influence_modes import agreement
 from montessori.io import read_records
 from montessori.pool import reference_set, seed_text
-from montessori.student import IGNORE_INDEX, collate, encode_example, load_model, load_optimizer, warm_up
+from montessori.student import IGNORE_INDEX, collate, encode_example, load_model, load_optimizer
+from montessori.warm_up import warm_up
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_MODEL = ROOT / "resources" / "models" / "smollm2-135m-instruct"

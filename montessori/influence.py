@@ -14,8 +14,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from montessori import chat_format
 from montessori.influence_base import ReferenceSet, encode_candidates, load_warm_student, scorable, score_frame
-from montessori.student import collate, example_losses, load_model
+from montessori.student import collate, example_losses
 
 
 class InfluenceEngine:
@@ -110,8 +111,8 @@ class ShardedInfluenceEngine(InfluenceEngine):
     def _load(self, model_dir, optimizer_path):
         from montessori import sharding
 
-        model, tokenizer = load_model(model_dir, torch.device("cpu"))
-        sharding.shard(model, sharding.rank_device())
+        tokenizer, _ = chat_format.load_tokenizer(model_dir, chat_format.AUTO, "student")
+        model = sharding.load_sharded_weights(model_dir, sharding.rank_device())
         return model, tokenizer, sharding.load_sharded_optimizer(model, optimizer_path)
 
     def _reference_split(self) -> tuple[int, int]:

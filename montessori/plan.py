@@ -49,6 +49,7 @@ class Stage:
     work_item_bytes: float  # activations of one example (training) or KV of one sequence (generation)
     work_items: int
     work_split: str  # data: the items split across GPUs; none: every GPU holds them all; tensor: each /G
+    items_per_pass: int | None = None  # data: a GPU holds at most this many of its items at once (micro-batches)
     extra_state_bytes: float = 0.0  # state beyond bytes_per_param x parameters (LoRA adapters)
     utilization: float = TRAINING_HEADROOM
     note: str = ""
@@ -62,7 +63,8 @@ class Stage:
 
     @property
     def work_bytes(self) -> float:
-        return self.work_item_bytes * self.work_items
+        """The work one GPU alone would hold at once."""
+        return self.work_item_bytes * min(self.work_items, self.items_per_pass or self.work_items)
 
     def candidate_gpus(self) -> list[int]:
         if self.parallel == "fsdp":
@@ -74,7 +76,8 @@ class Stage:
 
     def work_per_gpu(self, gpus: int) -> float:
         if self.work_split == "data":
-            return math.ceil(self.work_items / gpus) * self.work_item_bytes
+            share = math.ceil(self.work_items / gpus)
+            return min(share, self.items_per_pass or share) * self.work_item_bytes
         if self.work_split == "tensor":
             return self.work_bytes / gpus
         return self.work_bytes

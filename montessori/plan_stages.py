@@ -68,11 +68,13 @@ def _synthesis(config: dict[str, Any], teacher: ModelShape) -> Stage:
 
 def _warm_up(config: dict[str, Any], student: ModelShape) -> Stage:
     warm = config["warmup"]
+    micro = warm.get("micro_batch_size")
+    passes = f", in passes of {micro} per GPU" if micro else ""
     return Stage(
         name="warm-up", role="student", shape=student, jobs=1, bytes_per_param=16, holds=ADAMW_TRAINING,
         parallel="fsdp", work_item_bytes=activation_bytes(student, warm["max_length"], 4, checkpointing(warm)),
-        work_items=warm["batch_size"], work_split="data",
-        note=f"batch of {warm['batch_size']} x {warm['max_length']} tokens, split across GPUs{_gc(warm)}",
+        work_items=warm["batch_size"], work_split="data", items_per_pass=micro,
+        note=f"batch of {warm['batch_size']} x {warm['max_length']} tokens, split across GPUs{passes}{_gc(warm)}",
     )  # fmt: skip
 
 

@@ -12,6 +12,11 @@ files to the G that wrote them, while influence jobs run at any G (1 on a small 
 student), the one-process engines and the tests load them unchanged, and the file is the unit Snakemake tracks.
 The price is one full gather to rank 0's CPU memory at the end of the warm-up, which the warm-up's own AdamW
 state already needs on a single device.
+
+Loading: only rank 0 reads the model's weights into memory (load_sharded_weights); the other ranks build the model
+on the meta device and receive their shards from it (broadcast_from_rank0), so a node of G ranks holds one full
+float32 copy, not G (8B: 32 GB, not 256). optimizer.pt is memory-mapped by every rank: the pages are the one
+file's, shared, and each rank keeps only its shard of the moments.
 """
 
 from __future__ import annotations
@@ -73,6 +78,33 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return model
 
 
+def load_sharded_weights(model_dir: str | Path, device: torch.device) -> torch.nn.Module:
+    """The float32 model of `model_dir`, sharded over the process group (`shard`), in eval mode. Collective.
+
+    Rank 0 loads the weights; the others build the model on the meta device, allocate their empty shards and
+    receive them from rank 0, and then its buffers too (the rotary tables, which no state dict carries)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from montessori.student import load_weights
+
+    if dist.get_rank() == 0:
+        model = load_weights(model_dir, torch.device("cpu"))
+        full = model.state_dict()  # the full tensors outlive sharding until this function returns
+    else:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.float32)
+        full = {}
+    shard(model, device)
+    if dist.get_rank() != 0:
+        model.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full, options=options)
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+    return model.eval()
+
+
 def parameter_names(model: torch.nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters()]
 
@@ -105,12 +137,12 @@ def gather_full_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
 def load_sharded_optimizer(model, optimizer_path: str | Path) -> torch.optim.AdamW:
     """The AdamW of a one-process optimizer.pt (montessori.student.save_optimizer) over the sharded `model`:
     every rank reads the full file and keeps its own shards of the moments. The model's weights are loaded before
-    `shard` (every rank reads the model folder), so only the AdamW state comes in here."""
+    `shard` (load_sharded_weights), so only the AdamW state comes in here."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     from montessori.student import read_optimizer
 
-    saved = read_optimizer(model, optimizer_path)
+    saved = read_optimizer(model, optimizer_path, mmap=True)
     names = parameter_names(model)
     state, (group,) = saved["state_dict"]["state"], saved["state_dict"]["param_groups"]
     if len(state) != len(names):

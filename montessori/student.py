@@ -1,27 +1,18 @@
-"""The student: chat-formatted examples with loss on the answer only, per-example losses, and the warm-up.
+"""The student: chat-formatted examples with loss on the answer only, per-example losses, and the AdamW state
+that local influence restarts from (montessori.warm_up writes it).
 
 Examples are rendered in the student's chat format (montessori.chat_format), the one put on its tokenizer.
-
-The warm-up is a plain PyTorch loop rather than TRL's SFTTrainer because local influence restarts from the
-exact AdamW state (moments and step counts, keyed by a known parameter order); a trainer hides that state
-behind its own wrapping and checkpoint layout.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from montessori import chat_format
-from montessori.io import atomic_path
-from montessori.parallel_training import world_size
 from montessori.precision import default_device
 
 IGNORE_INDEX = -100
@@ -142,11 +133,12 @@ def save_optimizer(
     )
 
 
-def read_optimizer(model: torch.nn.Module, path: str | Path) -> dict:
-    """A saved optimizer.pt (save_optimizer), checked against `model`'s parameters: same names, same order."""
+def read_optimizer(model: torch.nn.Module, path: str | Path, mmap: bool = False) -> dict:
+    """A saved optimizer.pt (save_optimizer), checked against `model`'s parameters: same names, same order.
+    `mmap` maps the file instead of reading it (sharded ranks: each copies out only its shard)."""
     # Loaded to the CPU first, so that a state saved on a GPU also loads on a CPU-only node; load_state_dict
     # then moves every tensor to its parameter's device.
-    saved = torch.load(path, weights_only=True, map_location="cpu")
+    saved = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     names = [name for name, _ in model.named_parameters()]
     if saved["param_names"] != names:
         missing = sorted(set(saved["param_names"]) ^ set(names))[:5]
@@ -178,111 +170,3 @@ def load_model(
 def load_weights(model_dir: str | Path, device: torch.device | None = None) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return model.to(device or default_device()).eval()
-
-
-def label_tokens(example: dict[str, list[int]]) -> int:
-    """How many of the example's tokens carry loss (token_loss_sums' count; position 0 is never predicted)."""
-    return sum(label != IGNORE_INDEX for label in example["labels"][1:])
-
-
-def warm_up(
-    model_path: str | Path,
-    examples: pd.DataFrame | str | Path,
-    out_dir: str | Path,
-    lr: float,
-    weight_decay: float = 0.0,
-    epochs: int = 1,
-    batch_size: int = 32,
-    max_length: int = 1024,
-    seed: int = 0,
-    chat_template: str = chat_format.AUTO,
-) -> dict:
-    """SFT the student on `examples` (instruction, response; a frame or a parquet file) at a constant lr; save
-    out_dir/model (with the chat format it learned) and out_dir/optimizer.pt (the AdamW state local influence
-    restarts from).
-
-    Under torchrun (G = WORLD_SIZE > 1) the model and AdamW state are sharded with FSDP2 (montessori.sharding):
-    rank r takes examples r, r + G, ... of each global batch and scales its summed token loss by
-    G / (the loss tokens of the whole batch), so that FSDP's average of the ranks' gradients is exactly the
-    one-process gradient of the batch's mean token loss. A rank left without an example (a last batch smaller
-    than G) runs a zero-weight forward and backward so that every rank joins the same collectives. Rank 0 writes
-    the gathered full state, in the one-process layout."""
-    if isinstance(examples, (str, Path)):
-        examples = pd.read_parquet(examples)
-    if examples.empty:
-        raise ValueError("warm_up: no examples (the warm-up slice is empty)")
-    missing = {"instruction", "response"} - set(examples.columns)
-    if missing:
-        raise ValueError(f"warm_up: examples lack column(s) {sorted(missing)} (has {list(examples.columns)})")
-    settings = dict(
-        lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, max_length=max_length, seed=seed
-    )
-    if world_size() == 1:
-        return _warm_up(model_path, examples, out_dir, chat_template, None, **settings)
-    from montessori.sharding import process_group
-
-    with process_group() as device:
-        return _warm_up(model_path, examples, out_dir, chat_template, device, **settings)
-
-
-def _warm_up(
-    model_path, examples, out_dir, chat_template, device, lr, weight_decay, epochs, batch_size, max_length, seed
-):
-    # device None: one process on the default device; else this rank's device in a process group.
-    started = time.perf_counter()
-    torch.manual_seed(seed)
-    tokenizer, fmt = chat_format.load_tokenizer(model_path, chat_template, "student")
-    sharded = device is not None
-    model = load_weights(model_path, torch.device("cpu") if sharded else None)
-    if sharded:
-        from montessori import sharding
-
-        sharding.shard(model, device)
-    world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if sharded else (1, 0)
-    encoded = [
-        encode_example(tokenizer, row.instruction, row.response, max_length) for row in examples.itertuples(index=False)
-    ]
-    tokens = [label_tokens(e) for e in encoded]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    rng = np.random.default_rng(seed)
-    steps_per_epoch = -(-len(encoded) // batch_size)
-    loss = float("nan")
-    with tqdm(total=epochs * steps_per_epoch, desc="warm-up", unit="step", disable=rank != 0) as bar:
-        for _ in range(epochs):
-            order = rng.permutation(len(encoded))
-            for first in range(0, len(order), batch_size):
-                members = order[first : first + batch_size]
-                total = sum(tokens[i] for i in members)
-                mine, weight = members[rank::world], world
-                if len(mine) == 0:
-                    mine, weight = members[:1], 0
-                batch = collate([encoded[i] for i in mine], tokenizer.pad_token_id)
-                sums, _ = token_loss_sums(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                # world / total, left to right: one process divides by the batch's tokens exactly as before.
-                (sums.sum() * weight / total).backward()
-                optimizer.step()
-                summed = sums.detach().sum() * (weight > 0)
-                if sharded:
-                    torch.distributed.all_reduce(summed)
-                loss = summed.item() / total
-                bar.set_postfix(loss=f"{loss:.4f}")
-                bar.update()
-    if sharded:
-        model_state, optimizer_state = sharding.gather_full_state(model, optimizer)
-    else:
-        model_state, optimizer_state = None, None
-    if rank == 0:
-        with atomic_path(out_dir, is_dir=True) as tmp:
-            model.save_pretrained(tmp / MODEL_SUBDIR, state_dict=model_state)
-            chat_format.save(tokenizer, fmt, tmp / MODEL_SUBDIR)
-            save_optimizer(optimizer, model, tmp / OPTIMIZER_FILE, optimizer_state)
-    if sharded:
-        torch.distributed.barrier()
-    return {
-        "examples": len(encoded),
-        "steps": epochs * steps_per_epoch,
-        "final_loss": loss,
-        "processes": world,
-        "seconds": round(time.perf_counter() - started, 3),
-    }

@@ -18,7 +18,7 @@ from typing import Any
 
 # Stage name -> "module:function". A "module:function" not listed here is accepted too (the tests' probes).
 STAGES: dict[str, str] = {
-    "warm_up": "montessori.student:warm_up",
+    "warm_up": "montessori.warm_up:warm_up",
     "influence_shard": "montessori.influence_modes:run_shard",
     "dpo": "montessori.dpo:train_teacher",
     "sft": "montessori.sft:train_student",

@@ -28,6 +28,8 @@ with tempfile.TemporaryDirectory(prefix="montessori-warmup-") as scratch:
             "epochs": cfg["epochs"],
             "batch_size": cfg["batch_size"],
             "max_length": cfg["max_length"],
+            "micro_batch_size": cfg["micro_batch_size"],
+            "gradient_checkpointing": cfg["gradient_checkpointing"],
             "seed": snakemake.params.seed,
             "chat_template": snakemake.params.chat_template,
         },

@@ -15,7 +15,8 @@ from montessori.evaluate import answer_alpaca_eval
 from montessori.generate import HFGenerator
 from montessori.influence import InfluenceEngine
 from montessori.sft import train_student
-from montessori.student import IGNORE_INDEX, encode_example, warm_up
+from montessori.student import IGNORE_INDEX, encode_example
+from montessori.warm_up import warm_up
 from tests.conftest import TOY_EXAMPLES
 
 EXCHANGE = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}]

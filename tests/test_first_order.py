@@ -10,7 +10,8 @@ from montessori.first_order import FirstOrderEngine, FlatAdamW, fit_candidate_ba
 from montessori.influence import InfluenceEngine
 from montessori.influence_base import SCORE_COLUMNS, encode_candidates
 from montessori.influence_modes import VALIDATION_COLUMNS, agreement, score_shard, validation_sample
-from montessori.student import load_model, load_optimizer, warm_up
+from montessori.student import load_model, load_optimizer
+from montessori.warm_up import warm_up
 from tests.conftest import TOY_EXAMPLES as WARM_UP
 from tests.test_influence import CANDIDATES, MAX_LENGTH, REFERENCES
 

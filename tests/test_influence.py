@@ -9,7 +9,8 @@ from transformers import AutoTokenizer
 from montessori.influence import InfluenceEngine
 from montessori.influence_base import SCORE_COLUMNS
 from montessori.shards import gather, shard_of
-from montessori.student import IGNORE_INDEX, encode_example, load_model, load_optimizer, warm_up
+from montessori.student import IGNORE_INDEX, encode_example, load_model, load_optimizer
+from montessori.warm_up import warm_up
 from tests.conftest import TOY_EXAMPLES as WARM_UP
 
 MAX_LENGTH = 80

@@ -24,7 +24,7 @@ PAPER_GPUS = {
         "mt_bench": 1, "alpaca_eval": 0,
     },
     "configs/paper_1b.yaml": {
-        "synthesize_warmup": 1, "synthesize_iteration": 1, "synthesize_final": 1, "warmup_student": 8,
+        "synthesize_warmup": 1, "synthesize_iteration": 1, "synthesize_final": 1, "warmup_student": 1,
         "influence_shard": 1, "dpo_teacher": 2, "sft_student": 1, "lm_eval": 1, "alpaca_eval_outputs": 1,
         "mt_bench": 1, "alpaca_eval": 0,
     },

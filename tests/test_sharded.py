@@ -70,6 +70,9 @@ def warm(tiny_model_dir, tmp_path_factory):
         "batch_size": 3,
         "max_length": MAX_LENGTH,
         "seed": 0,
+        # Passes of one example: a batch of 3 gives the ranks 2 and 1, so rank 1 makes a zero-weight second pass.
+        # Two processes also recompute layers (gradient_checkpointing auto: on with 2 processes) under FSDP.
+        "micro_batch_size": 1,
     }
     summaries = {}
     for processes in (1, 2):
@@ -85,6 +88,7 @@ def warm(tiny_model_dir, tmp_path_factory):
 def test_two_process_warm_up_matches_one_process(warm):
     summaries, root = warm
     assert summaries[2]["processes"] == 2 and summaries[2]["steps"] == summaries[1]["steps"] == 6
+    assert summaries[2]["gradient_checkpointing"] and not summaries[1]["gradient_checkpointing"]
     one = AutoModelForCausalLM.from_pretrained(root / "warm1" / "model").state_dict()
     two = AutoModelForCausalLM.from_pretrained(root / "warm2" / "model").state_dict()
     assert one.keys() == two.keys()
