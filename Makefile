@@ -14,8 +14,9 @@ export TOKENIZERS_PARALLELISM ?= false
 run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 
+# -rs: every skipped test says why in the summary (tests/test_slurm_live.py skips without a Slurm it can start).
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests
 
 # The checks the field's best repos run: Snakemake's own linter, snakefmt for the Snakefile and rules, ruff for
 # the Python (settings in pyproject.toml). `make test` runs them first.
@@ -54,7 +55,10 @@ bench-judge-cache: $(STAMP)
 
 # profiles/slurm on a real Slurm: starts a one-node Slurm here (as root; apt-get installs it the first time),
 # then runs seeds -> synthesis -> warm-up -> influence shards -> gather of configs/test.yaml as sbatch jobs and
-# checks each one (tests/slurm/). About 10 minutes; not part of `make test` or CI.
+# checks each one (tests/slurm/). About 10 minutes; not part of `make test` or CI. `make test` has the short live
+# check instead: tests/test_slurm_live.py starts the same Slurm, runs configs/slurm_test.yaml's influence slice,
+# cancels one shard and checks that the rerun redoes only it (about 3 minutes; skipped, loudly, without root or
+# apt-get).
 slurm-check: $(STAMP)
 	bash tests/slurm/local_slurm.sh
 	$(BIN)/python tests/slurm/check_profile.py

@@ -37,6 +37,21 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
+# Short pandas/matplotlib jobs run in the Snakemake process itself under a cluster executor, not as Slurm jobs:
+# each reads and writes a few small tables in seconds, where a Slurm job waits in the queue, pays Snakemake's
+# start-up in the job and the status polling (tens of seconds each, on the teacher loop's critical path for
+# gather_influence and pairs). Locally nothing changes. aggregate stays a job: its contamination check indexes
+# every benchmark's n-grams against all training sets (4 GB, 30 min allowed), not a login node's work.
+localrules:
+    pool_seeds,
+    reference_set,
+    snapshot_config,
+    gather_influence,
+    pairs,
+    plots,
+    table1,
+
+
 rule all:
     input:
         f"{RESULTS}/config.yaml",

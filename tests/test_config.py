@@ -64,7 +64,7 @@ def test_every_error_is_reported():
     assert "'seed'" in str(e.value) and "'iterations'" in str(e.value)
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "configs/paper.yaml", "configs/test.yaml"])
+@pytest.mark.parametrize("path", ["config.yaml", "configs/paper.yaml", "configs/test.yaml", "configs/slurm_test.yaml"])
 def test_shipped_configs_are_valid(path):
     with open(ROOT / path) as f:
         validate_config(yaml.safe_load(f))

@@ -52,6 +52,55 @@ def derive_profile(profile: dict) -> dict:
     return derived
 
 
+def write_profile(source: Path, dest_dir: Path) -> tuple[dict, dict]:
+    """The derived profile of `source` as dest_dir/config.yaml; returns (the real profile, the derived one)."""
+    profile = yaml.safe_load(Path(source).read_text())
+    derived = derive_profile(profile)
+    dropped = sorted(set(profile) - set(derived))
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    (dest_dir / "config.yaml").write_text(
+        f"# Derived by tests/slurm/check_profile.py from {source}: the same settings without "
+        f"{', '.join(dropped) or 'nothing'} (no conda channel on this machine).\n"
+        + yaml.safe_dump(derived, sort_keys=False)
+    )
+    return profile, derived
+
+
+# Settings of the local Slurm (tests/slurm/local_slurm.sh), not of the profile. Job status from squeue: it has
+# no accounting database, so `sacct` fails (the plugin would pick sacct, since slurm-client installs the
+# command), while MinJobAge=3600 keeps finished jobs in squeue for an hour. The first status check after 2 s
+# instead of 40 s. The Slurm logs of successful jobs are kept, for the checks.
+LOCAL_SLURM_OPTIONS = [
+    "--slurm-status-command", "squeue",
+    "--slurm-init-seconds-before-status-checks", "2",
+    "--slurm-keep-successful-logs",
+]  # fmt: skip
+
+
+def slurm_problem() -> str | None:
+    """Why no job can run on a Slurm here (no client, no idle node), or None when one can."""
+    if not shutil.which("sbatch") or not shutil.which("sinfo"):
+        return "no Slurm client on PATH: run tests/slurm/local_slurm.sh (as root) first"
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
+    if not {"idle", "mixed"} & set(states):
+        return f"no idle Slurm node (sinfo: {states or 'no answer'}): run tests/slurm/local_slurm.sh"
+    return None
+
+
+def job_environment(bin_dir: Path) -> dict[str, str]:
+    """The environment of a local run (the Makefile's), with bin_dir (the recording sbatch) and the venv first."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(bin_dir), str(VENV_BIN), env["PATH"]])
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def submitted_jobs(text: str) -> list[tuple[str, str]]:
+    """(Slurm id, Slurm log) of every job a Snakemake log says it submitted."""
+    return re.findall(r"Job \d+ has been submitted with SLURM jobid (\S+) \(log: (\S+)\)\.", text)
+
+
 def parse_plan(text: str) -> dict[str, dict]:
     """The job blocks of a dry run ("rule NAME:" ... "resources: ...") by the --comment the plugin gives each."""
     jobs: dict[str, dict] = {}
@@ -115,8 +164,8 @@ def option(argv: list[str], name: str) -> str | None:
     return None
 
 
-def write_sbatch_recorder(real_sbatch: str, record: Path) -> Path:
-    bin_dir = WORK / "bin"
+def write_sbatch_recorder(real_sbatch: str, record: Path, bin_dir: Path = WORK / "bin") -> Path:
+    """A directory whose `sbatch` appends its argv to `record` (one JSON list a line), then runs the real one."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     shim = bin_dir / "sbatch"
     shim.write_text(
@@ -131,7 +180,7 @@ def write_sbatch_recorder(real_sbatch: str, record: Path) -> Path:
     return bin_dir
 
 
-def run_watched(cmd: list[str], env: dict, log_path: Path, stall_seconds: int) -> int:
+def run_watched(cmd: list[str], env: dict, log_path: Path, stall_seconds: int, cwd: Path | None = None) -> int:
     """Runs Snakemake, teeing its output to log_path; ends it if it stalls with none of its jobs in Slurm.
 
     snakemake-executor-plugin-slurm 2.6.1 builds and runs each sbatch call in a worker thread whose exceptions
@@ -139,7 +188,7 @@ def run_watched(cmd: list[str], env: dict, log_path: Path, stall_seconds: int) -
     account) leaves Snakemake waiting for it forever, without a message. The stall check catches that.
     """
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
         last_output = [time.monotonic()]
         run_id: list[str] = []
@@ -181,13 +230,15 @@ def run_watched(cmd: list[str], env: dict, log_path: Path, stall_seconds: int) -
                     proc.kill()  # it would wait for the never-submitted job forever
                     proc.wait()
                     # A killed Snakemake leaves its working directory locked.
-                    subprocess.run([*cmd[:-1], "--unlock"], env=env, capture_output=True)
+                    subprocess.run([*cmd[:-1], "--unlock"], env=env, cwd=cwd, capture_output=True)
                 break
         reader.join(10)
         return proc.wait()
 
 
-def check_job(job: dict, slurm_id: str, info: dict, argv: list[str] | None, profile: dict, run_id: str) -> list[str]:
+def check_job(
+    job: dict, slurm_id: str, info: dict, argv: list[str] | None, profile: dict, run_id: str, workdir: Path = ROOT
+) -> list[str]:
     """Everything wrong with one job, as problem lines."""
     problems = []
     name, res = job["name"], job["resources"]
@@ -227,7 +278,7 @@ def check_job(job: dict, slurm_id: str, info: dict, argv: list[str] | None, prof
         "JobState": (info.get("JobState"), "COMPLETED"),
         "ExitCode": (info.get("ExitCode"), "0:0"),
         "JobName": (info.get("JobName"), run_id),
-        "WorkDir": (info.get("WorkDir"), str(ROOT)),
+        "WorkDir": (info.get("WorkDir"), str(workdir)),
         "Partition": (info.get("Partition"), planned["slurm_partition"]),
         "TimeLimit (min)": (minutes(info.get("TimeLimit", "")), planned["runtime"]),
         "MinMemoryNode (MB)": (megabytes(info.get("MinMemoryNode", "")), planned["mem_mb"]),
@@ -258,33 +309,20 @@ def main() -> int:
     os.chdir(ROOT)
 
     # 0. A Slurm that answers, with a node that takes jobs.
+    if problem := slurm_problem():
+        sys.exit(f"[slurm-check] {problem}")
     real_sbatch = shutil.which("sbatch")
-    if not real_sbatch or not shutil.which("sinfo"):
-        sys.exit("[slurm-check] no Slurm client on PATH: run tests/slurm/local_slurm.sh (as root) first")
-    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
-    if not {"idle", "mixed"} & set(states):
-        sys.exit(f"[slurm-check] no idle Slurm node (sinfo: {states or 'no answer'}): run tests/slurm/local_slurm.sh")
 
     # 1. The derived profile.
-    profile = yaml.safe_load(Path(args.profile).read_text())
-    derived = derive_profile(profile)
-    dropped = sorted(set(profile) - set(derived))
     profile_dir = WORK / "profile"
-    profile_dir.mkdir(parents=True, exist_ok=True)
-    (profile_dir / "config.yaml").write_text(
-        f"# Derived by tests/slurm/check_profile.py from {args.profile}: the same settings without "
-        f"{', '.join(dropped) or 'nothing'} (no conda channel on this machine).\n"
-        + yaml.safe_dump(derived, sort_keys=False)
-    )
+    profile, derived = write_profile(Path(args.profile), profile_dir)
+    dropped = sorted(set(profile) - set(derived))
     print(f"[slurm-check] profile {profile_dir.relative_to(ROOT)}/: {args.profile} without {', '.join(dropped)}")
 
     # 2. The recording sbatch, and the environment of a local run (the Makefile's).
     record = WORK / "sbatch.jsonl"
     record.unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(write_sbatch_recorder(real_sbatch, record)), str(VENV_BIN), env["PATH"]])
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env = job_environment(write_sbatch_recorder(real_sbatch, record))
     snakemake = [
         str(VENV_BIN / "snakemake"),
         "--profile", str(profile_dir),
@@ -292,12 +330,7 @@ def main() -> int:
         "--config", f"experiment={args.experiment}",
         # The profile's `jobs: 50` is for a cluster; this machine has 2 cores.
         "--jobs", str(args.jobs),
-        # Settings of the local Slurm, not of the profile: it has no accounting database (sacct fails), so the
-        # plugin polls squeue (MinJobAge keeps finished jobs there); it polls after 2 s instead of 40 s; and it
-        # keeps the Slurm logs of successful jobs too, for the check below.
-        "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "2",
-        "--slurm-keep-successful-logs",
+        *LOCAL_SLURM_OPTIONS,
         target,
     ]  # fmt: skip
 
@@ -325,7 +358,7 @@ def main() -> int:
     # 4. Every planned job went through Slurm, as planned, and succeeded there.
     text = log_path.read_text()
     problems = [f"snakemake exited with {returncode} (log: {log_path.relative_to(ROOT)})"] if returncode else []
-    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", text)
+    submitted = submitted_jobs(text)
     calls = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
     call_by_comment = {option(argv, "--comment"): argv for argv in calls}
     run_id = next(iter(re.findall(r"SLURM run ID: (\S+)", text)), "?")
