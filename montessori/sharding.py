@@ -136,7 +136,7 @@ def gather_full_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
 
 def load_sharded_optimizer(model, optimizer_path: str | Path) -> torch.optim.AdamW:
     """The AdamW of a one-process optimizer.pt (montessori.student.save_optimizer) over the sharded `model`:
-    every rank reads the full file and keeps its own shards of the moments. The model's weights are loaded before
+    every rank memory-maps the file and keeps its own shards of the moments. The model's weights are loaded before
     `shard` (load_sharded_weights), so only the AdamW state comes in here."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
