@@ -14,10 +14,11 @@ from montessori.config import validate_config
 
 # The embedded default, unless config files are given: `--configfile configs/paper.yaml` replaces it instead of
 # merging into it, so keys a config leaves out take the schema's defaults (the paper's numbers), never the
-# laptop sizes of config.yaml. `--config KEY=VALUE` still applies on top of either.
+# laptop sizes of config.yaml. `--config KEY=VALUE` still applies on top of either. The embedded default is the
+# checkout's own, also when Snakemake runs in another working directory (`--directory`).
 if not workflow.overwrite_configfiles:
 
-    configfile: "config.yaml"
+    configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 # Fills the schema's defaults in place and fails before any job runs, naming the bad key.
@@ -33,6 +34,10 @@ include: "rules/influence.smk"
 include: "rules/pairs.smk"
 include: "rules/dpo.smk"
 include: "rules/sft.smk"
+# The paper's other baselines, each a value of the method wildcard beside self_instruct and montessori.
+include: "rules/strong_teacher.smk"
+include: "rules/self_reward.smk"
+include: "rules/llm2llm.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
@@ -48,6 +53,8 @@ localrules:
     snapshot_config,
     gather_influence,
     pairs,
+    self_reward_pairs,
+    llm2llm_train_set,
     plots,
     table1,
 

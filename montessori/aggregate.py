@@ -29,7 +29,7 @@ from montessori.result_files import (
     experiment_dirs,
     experiment_files,
 )
-from montessori.result_rows import canonical_json, eval_rows, evaluated_item_rows, job_rows, teacher_iteration
+from montessori.result_rows import canonical_json, eval_rows, evaluated_item_rows, job_rows, method_iteration
 
 VIEWS_SQL = Path(__file__).resolve().parent.parent / "queries" / "views.sql"
 
@@ -58,15 +58,31 @@ TABLES: dict[str, dict[str, str]] = {
         "baseline": "VARCHAR", "mode": "VARCHAR", "influence_exact": "DOUBLE", "validation_spearman": "DOUBLE",
         "validation_sign_agreement": "DOUBLE", "validation_max_relative_error": "DOUBLE", "shard": "INTEGER",
     },
+    # method: the teacher loop whose DPO the pairs trained (montessori, or the self_reward baseline); influences
+    # for Montessori's pairs, the teacher's own rewards for Self-Reward's.
     "pairs": {
-        "experiment": "VARCHAR", "iteration": "INTEGER", "pair_id": "VARCHAR", "prompt_id": "VARCHAR",
-        "prompt": "VARCHAR", "chosen": "VARCHAR", "rejected": "VARCHAR", "chosen_candidate_id": "VARCHAR",
-        "rejected_candidate_id": "VARCHAR", "chosen_influence": "DOUBLE", "rejected_influence": "DOUBLE",
+        "experiment": "VARCHAR", "method": "VARCHAR", "iteration": "INTEGER", "pair_id": "VARCHAR",
+        "prompt_id": "VARCHAR", "prompt": "VARCHAR", "chosen": "VARCHAR", "rejected": "VARCHAR",
+        "chosen_candidate_id": "VARCHAR", "rejected_candidate_id": "VARCHAR", "chosen_influence": "DOUBLE",
+        "rejected_influence": "DOUBLE", "chosen_reward": "DOUBLE", "rejected_reward": "DOUBLE",
     },
+    # The Self-Reward loop's judgments of its candidates (reward 0-5, NaN when unparsable).
+    "rewards": {
+        "experiment": "VARCHAR", "iteration": "INTEGER", "candidate_id": "VARCHAR", "prompt_id": "VARCHAR",
+        "reward": "DOUBLE", "judgment": "VARCHAR", "judge": "VARCHAR",
+    },
+    # LLM2LLM's tests: in round `iteration`, the student's answer to each example of its seed set (candidate_id,
+    # self_instruct's), the grader's judgment and whether the student failed it.
+    "llm2llm_tests": {
+        "experiment": "VARCHAR", "iteration": "INTEGER", "candidate_id": "VARCHAR", "prompt_id": "VARCHAR",
+        "instruction": "VARCHAR", "reference": "VARCHAR", "answer": "VARCHAR", "answer_finish_reason": "VARCHAR",
+        "judgment": "VARCHAR", "verdict": "VARCHAR", "failed": "BOOLEAN", "judge": "VARCHAR",
+    },
+    # augmented_from: for an example LLM2LLM added, the failed example it was written from (NULL elsewhere).
     "train_sets": {
         "experiment": "VARCHAR", "method": "VARCHAR", "candidate_id": "VARCHAR", "prompt_id": "VARCHAR",
         "stage": "VARCHAR", "iteration": "INTEGER", "teacher": "VARCHAR", "seed_ids": "VARCHAR[]",
-        "instruction": "VARCHAR", "response": "VARCHAR",
+        "instruction": "VARCHAR", "response": "VARCHAR", "augmented_from": "VARCHAR",
     },
     # iteration: the teacher iteration of the method's final teacher (NULL for no_finetune, which has none).
     # headline: the metric the benchmark reports as its score. `limit` is an SQL keyword, hence item_limit.
@@ -99,6 +115,13 @@ TABLES: dict[str, dict[str, str]] = {
 }  # fmt: skip
 
 
+# Columns only some files of a table have (NULL for the others): each loop's pair scores, LLM2LLM's parents.
+OPTIONAL: dict[str, set[str]] = {table: set() for table in TABLES} | {
+    "pairs": {"chosen_influence", "rejected_influence", "chosen_reward", "rejected_reward"},
+    "train_sets": {"augmented_from"},
+}
+
+
 def config_hash(config: Any) -> str:
     """sha256 of canonical JSON: key order and YAML layout do not change the hash."""
     return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
@@ -122,14 +145,17 @@ def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str
 
 
 def _insert_parquet(con: duckdb.DuckDBPyConnection, table: str, path: Path, constants: dict[str, Any]) -> None:
-    """The table's columns of one Parquet file (extra columns are ignored, missing ones are an error).
+    """The table's columns of one Parquet file (extra columns are ignored, missing ones are an error unless
+    OPTIONAL, then NULL).
 
     Columns that any path pattern of the table supplies (experiment, method, iteration) come from `constants`
     or stay NULL (warm-up and iteration candidates have no method).
     """
     present = set(pq.read_schema(path).names)
-    from_path = {"experiment", *(n for _, names in PARQUET_SOURCES[table] for n in names)}
-    wanted = [c for c in TABLES[table] if c not in from_path]
+    from_path = {"experiment"}
+    for source in PARQUET_SOURCES[table]:
+        from_path.update(source.names, (name for name, _ in source.constants))
+    wanted = [c for c in TABLES[table] if c not in from_path and (c in present or c not in OPTIONAL[table])]
     missing = [c for c in wanted if c not in present]
     if missing:
         has = ", ".join(sorted(present))
@@ -161,19 +187,19 @@ def _load_experiment(con: duckdb.DuckDBPyConnection, experiment_dir: Path) -> No
     }])  # fmt: skip
     files = experiment_files(experiment_dir)
     for table, sources in PARQUET_SOURCES.items():
-        for pattern, names in sources:
+        for source in sources:
             for relative in files:
-                match = re.fullmatch(pattern, relative)
+                match = re.fullmatch(source.pattern, relative)
                 if match:
-                    from_path = {n: int(v) if n == "iteration" else v for n, v in zip(names, match.groups())}
-                    constants = {"experiment": experiment, **from_path}
+                    from_path = {n: int(v) if n == "iteration" else v for n, v in zip(source.names, match.groups())}
+                    constants = {"experiment": experiment, **dict(source.constants), **from_path}
                     _insert_parquet(con, table, experiment_dir / relative, constants)
     scores, evaluated = [], []
     for relative in files:
         match = re.fullmatch(EVAL_PATTERN, relative)
         if match:
             method = match.group(1)
-            iteration = teacher_iteration(method, config, experiment_dir / "final" / method / "train.parquet")
+            iteration = method_iteration(method, config, experiment_dir / "final" / method / "train.parquet")
             scores += eval_rows(experiment_dir / relative, experiment, method, iteration)
             evaluated += evaluated_item_rows(experiment_dir / relative, experiment, method)
     _insert_rows(con, "eval_scores", scores)

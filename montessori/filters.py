@@ -126,6 +126,14 @@ class RougeFilter:
             matches = [(match, i) for match, _, i in ties]
         return max((_rouge_l_f(LCSseq.similarity(query, m), len(query), len(m)), i) for m, i in matches)
 
+    def remember(self, texts: Sequence[str]) -> None:
+        """Count `texts` as accepted (e.g. the instructions of a training set that new ones must not repeat)."""
+        for text in texts:
+            query = self._encode(text)
+            if query:
+                self._accepted.append(query)
+                self._accepted_texts.append(text)
+
     def accept(self, text: str, in_context: Sequence[str] = ()) -> Novelty:
         """The verdict on `text` against the accepted set and its prompt's `in_context` examples (a handful, each
         scored exactly); a novel text joins the accepted set."""

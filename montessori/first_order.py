@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,14 @@ import torch
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from montessori.influence_base import ReferenceSet, encode_candidates, load_warm_student, scorable, score_frame
+from montessori.influence_base import (
+    ReferenceSet,
+    SavedLosses,
+    encode_candidates,
+    load_warm_student,
+    scorable,
+    score_frame,
+)
 from montessori.student import IGNORE_INDEX, collate, example_losses, label_span, span_loss_sums
 
 log = logging.getLogger(__name__)
@@ -256,18 +262,22 @@ class FirstOrderEngine:
             changes.append(-float(direction.mul_(self.reference_gradient).sum()) - self.decay_term)
         return changes
 
-    def score(self, candidates: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    def score(self, candidates: pd.DataFrame, baseline: str, saved: SavedLosses | None = None) -> pd.DataFrame:
         """Influence of every candidate whose verdict is "ok"; positive means the step lowers the reference loss.
 
-        Same columns as the exact engine's; loss_after and loss_null_step are the first-order estimates.
+        Same columns as the exact engine's; loss_after and loss_null_step are the first-order estimates. `saved`
+        holds the losses of an interrupted run (not computed again) and receives the new ones.
         """
+        saved = saved or SavedLosses()
         ok = scorable(candidates, baseline)
+        ids = ok["candidate_id"].tolist()
         examples = encode_candidates(self.tokenizer, ok, self.max_length)
         # Batches of similar length waste little on padding.
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-        changes = [math.nan] * len(examples)
+        order = sorted(
+            (i for i in range(len(examples)) if ids[i] not in saved.done), key=lambda i: len(examples[i]["input_ids"])
+        )
         first = 0
-        with tqdm(total=len(examples), desc="influence (first_order)", unit="candidate") as bar:
+        with tqdm(total=len(order), desc="influence (first_order)", unit="candidate") as bar:
             while first < len(order):
                 chunk = order[first : first + self.candidate_batch_size]
                 try:
@@ -279,8 +289,9 @@ class FirstOrderEngine:
                     log.warning("out of memory at %d candidates a batch; retrying at %d", len(chunk), len(chunk) // 2)
                     continue
                 for index, change in zip(chunk, batch_changes):
-                    changes[index] = change
+                    saved.add(ids[index], self.loss_before + change)
                 first += len(chunk)
                 bar.update(len(chunk))
-        losses_after = [self.loss_before + change for change in changes]
+        saved.flush()
+        losses_after = [saved.done[cid] for cid in ids]
         return score_frame(ok, self.loss_before, self.loss_null_step, losses_after, baseline, self.mode)

@@ -15,7 +15,14 @@ import torch
 from tqdm.auto import tqdm
 
 from montessori import chat_format
-from montessori.influence_base import ReferenceSet, encode_candidates, load_warm_student, scorable, score_frame
+from montessori.influence_base import (
+    ReferenceSet,
+    SavedLosses,
+    encode_candidates,
+    load_warm_student,
+    scorable,
+    score_frame,
+)
 from montessori.student import collate, example_losses
 
 
@@ -84,17 +91,20 @@ class InfluenceEngine:
         finally:
             self.restore()
 
-    def score(self, candidates: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    def score(self, candidates: pd.DataFrame, baseline: str, saved: SavedLosses | None = None) -> pd.DataFrame:
         """Influence of every candidate whose verdict is "ok"; positive means the step lowered the reference loss.
 
         The result holds SCORE_COLUMNS followed by the candidates' other columns, passed through untouched.
+        `saved` holds the losses of an interrupted run (not computed again) and receives the new ones.
         """
+        saved = saved or SavedLosses()
         ok = scorable(candidates, baseline)
         examples = encode_candidates(self.tokenizer, ok, self.max_length)
-        losses_after = [
-            self.loss_after_step(example)
-            for example in tqdm(examples, desc="influence (exact)", unit="candidate", total=len(examples))
-        ]
+        todo = [i for i, cid in enumerate(ok["candidate_id"]) if cid not in saved.done]
+        for i in tqdm(todo, desc="influence (exact)", unit="candidate"):
+            saved.add(ok["candidate_id"].iat[i], self.loss_after_step(examples[i]))
+        saved.flush()
+        losses_after = [saved.done[cid] for cid in ok["candidate_id"]]
         return score_frame(ok, self.loss_before, self.loss_null_step, losses_after, baseline, self.mode)
 
 

@@ -7,7 +7,8 @@ with the same code, so that their numbers differ only by the approximation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +30,29 @@ SCORE_COLUMNS = [
     "mode",
 ]
 CANDIDATE_COLUMNS = ("candidate_id", "prompt_id", "instruction", "response", "verdict")
+
+
+@dataclass
+class SavedLosses:
+    """Reference losses after each candidate's step, as a shard computes them: the ones an interrupted run saved
+    (`done`, by candidate id) are not computed again, and every `every` new ones go to `save` (a progress file's
+    append; montessori.progress), so that a killed shard loses at most `every` candidates' work."""
+
+    done: dict[str, float] = field(default_factory=dict)
+    save: Callable[[dict[str, float]], None] | None = None
+    every: int = 1
+    _pending: dict[str, float] = field(default_factory=dict)
+
+    def add(self, candidate_id: str, loss_after: float) -> None:
+        self.done[candidate_id] = loss_after
+        self._pending[candidate_id] = loss_after
+        if len(self._pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending and self.save is not None:
+            self.save(dict(self._pending))
+        self._pending.clear()
 
 
 def load_warm_student(model_dir: str | Path, optimizer_path: str | Path):

@@ -19,9 +19,10 @@ from scipy.stats import spearmanr
 
 from montessori.first_order import FirstOrderEngine
 from montessori.influence import InfluenceEngine, ShardedInfluenceEngine
-from montessori.influence_base import SCORE_COLUMNS
+from montessori.influence_base import SCORE_COLUMNS, SavedLosses
 from montessori.io import write_parquet
 from montessori.parallel_training import world_size
+from montessori.progress import ProgressFile
 
 MODES = ("exact", "first_order")
 AGREEMENT_COLUMNS = ["validation_spearman", "validation_sign_agreement", "validation_max_relative_error"]
@@ -59,36 +60,65 @@ def check_processes(mode: str, processes: int) -> None:
 
 
 def run_shard(
-    candidates: str, model_dir: str, optimizer_path: str, references: str, cfg: dict, seed: int, shard: int, out: str
+    candidates: str,
+    model_dir: str,
+    optimizer_path: str,
+    references: str,
+    cfg: dict,
+    seed: int,
+    shard: int,
+    out: str,
+    progress: dict | None = None,
 ) -> dict:
     """The influence_shard stage (montessori.worker): score the shard's candidates (a parquet file) and write
     them to `out` with their shard number. Under torchrun the exact engine runs sharded over the job's ranks
-    (ShardedInfluenceEngine) and rank 0 writes."""
+    (ShardedInfluenceEngine) and rank 0 writes.
+
+    `progress` ({path, digest}: montessori.progress) is where the shard saves its losses every
+    `cfg["save_every"]` candidates; a rerun after a kill computes only the candidates missing there. Rank 0
+    alone reads and writes that file and tells the other ranks what is done."""
     check_processes(cfg["mode"], world_size())
     candidates, references = pd.read_parquet(candidates), pd.read_parquet(references)
 
-    def score() -> pd.DataFrame:
-        scores = score_shard(candidates, model_dir, optimizer_path, references, cfg, seed=seed, shard=shard)
+    def score(first_rank: bool) -> tuple[pd.DataFrame, int]:
+        saved, file = SavedLosses(every=cfg["save_every"]), None
+        if progress is not None and first_rank:
+            file = ProgressFile(progress["path"], progress["digest"])
+            saved.done = {cid: loss for step in file.steps for cid, loss in step.items()}
+            saved.save = file.append
+        if world_size() > 1:
+            shared = [saved.done]
+            dist.broadcast_object_list(shared, src=0)
+            saved.done = shared[0]
+        resumed = len(saved.done)
+        scores = score_shard(candidates, model_dir, optimizer_path, references, cfg, seed, shard, saved)
         scores["shard"] = shard
-        return scores
+        return scores, resumed
+
+    def finish(scores: pd.DataFrame) -> None:
+        write_parquet(scores, out)
+        if progress is not None:
+            Path(progress["path"]).unlink(missing_ok=True)
 
     if world_size() == 1:
-        scores = score()
-        write_parquet(scores, out)
-        return {"candidates": len(scores), "processes": 1}
+        scores, resumed = score(first_rank=True)
+        finish(scores)
+        return {"candidates": len(scores), "resumed": resumed, "processes": 1}
     from montessori import sharding
 
     with sharding.process_group():
-        scores = score()
+        scores, resumed = score(first_rank=sharding.rank() == 0)
         if sharding.rank() == 0:
-            write_parquet(scores, out)
+            finish(scores)
         dist.barrier()
-    return {"candidates": len(scores), "processes": world_size()}
+    return {"candidates": len(scores), "resumed": resumed, "processes": world_size()}
 
 
-def _score(mode: str, candidates: pd.DataFrame, model_dir, optimizer_path, references, cfg) -> pd.DataFrame:
+def _score(
+    mode: str, candidates: pd.DataFrame, model_dir, optimizer_path, references, cfg, saved: SavedLosses | None = None
+) -> pd.DataFrame:
     # The engine lives only as long as this call, so that the exact check never holds two models at once.
-    return new_engine(mode, model_dir, optimizer_path, references, cfg).score(candidates, cfg["baseline"])
+    return new_engine(mode, model_dir, optimizer_path, references, cfg).score(candidates, cfg["baseline"], saved)
 
 
 def validation_sample(candidate_ids: pd.Series, n: int, seed: int, shard: int) -> list[str]:
@@ -120,9 +150,11 @@ def score_shard(
     cfg: dict,
     seed: int,
     shard: int,
+    saved: SavedLosses | None = None,
 ) -> pd.DataFrame:
-    """Scores of the shard's candidates by `cfg["mode"]`, with VALIDATION_COLUMNS after SCORE_COLUMNS."""
-    scores = _score(cfg["mode"], candidates, model_dir, optimizer_path, references, cfg)
+    """Scores of the shard's candidates by `cfg["mode"]`, with VALIDATION_COLUMNS after SCORE_COLUMNS; `saved`:
+    the losses of an interrupted run, and where new ones are saved (the exact check's are recomputed)."""
+    scores = _score(cfg["mode"], candidates, model_dir, optimizer_path, references, cfg, saved)
     exact = pd.Series(math.nan, index=scores.index, dtype="float64")
     stats = dict.fromkeys(AGREEMENT_COLUMNS, math.nan)
     if cfg["validate"] and cfg["mode"] == "exact":

@@ -44,3 +44,19 @@ def start_job(snakemake: Any) -> logging.Logger:
     logger = logging.getLogger(f"montessori.{name}")
     logger.info("rule %s, wildcards %s, threads %s", name, dict(snakemake.wildcards), snakemake.threads)
     return logger
+
+
+def job_progress_spec(snakemake: Any) -> dict[str, str]:
+    """Where the job saves its progress (the rule's `progress` param) and the digest of the job's params and inputs
+    that the saved steps belong to (montessori.progress)."""
+    from montessori.progress import job_digest
+
+    params = {name: value for name, value in snakemake.params.items() if name != "progress"}
+    return {"path": snakemake.params.progress, "digest": job_digest(params, list(snakemake.input))}
+
+
+def job_progress(snakemake: Any):
+    """The job's progress file (montessori.progress): what a rerun of the job continues from after it was killed."""
+    from montessori.progress import ProgressFile
+
+    return ProgressFile(**job_progress_spec(snakemake))

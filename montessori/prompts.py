@@ -43,27 +43,33 @@ class TeacherPrompt:
         return [{"role": "user", "content": self.response.replace(INSTRUCTION_SLOT, instruction)}]
 
 
-def _read_turn(folder: Path, name: str, slot: str) -> str:
-    path = folder / name
+def _folder(spec: str) -> Path:
+    return PROMPTS_DIR / spec if (PROMPTS_DIR / spec).is_dir() else Path(spec)
+
+
+def load_text(spec: str, name: str, slots: tuple[str, ...], key: str) -> str:
+    """The text of file `name` of prompt folder `spec` (a folder under prompts/, or a path; the config key `key`
+    names it), which must contain each of `slots` exactly once."""
+    path = _folder(spec) / name
     if not path.is_file():
-        raise ValueError(f"config key 'synthesis.prompt': {path} does not exist (a prompt folder holds {name})")
+        raise ValueError(f"config key {key!r}: {path} does not exist (a prompt folder holds {name})")
     text = path.read_text(encoding="utf-8").removesuffix("\n")
-    if text.count(slot) != 1:
-        raise ValueError(f"{path}: must contain the slot {slot} exactly once (found {text.count(slot)})")
+    for slot in slots:
+        if text.count(slot) != 1:
+            raise ValueError(f"{path}: must contain the slot {slot} exactly once (found {text.count(slot)})")
     return text
 
 
 def load_prompt(spec: str) -> dict[str, str]:
     """The texts of prompt `spec` (a folder name under prompts/, or a folder path) as {instruction, response}."""
-    folder = PROMPTS_DIR / spec if (PROMPTS_DIR / spec).is_dir() else Path(spec)
-    if not folder.is_dir():
-        known = ", ".join(sorted(p.name for p in PROMPTS_DIR.iterdir() if p.is_dir()))
+    if not _folder(spec).is_dir():
+        known = ", ".join(sorted(p.name for p in PROMPTS_DIR.iterdir() if (p / "instruction.txt").is_file()))
         raise ValueError(
             f"config key 'synthesis.prompt' is {spec!r}: neither a prompt under prompts/ ({known}) nor a folder"
         )
     return {
-        "instruction": _read_turn(folder, "instruction.txt", EXAMPLES_SLOT),
-        "response": _read_turn(folder, "response.txt", INSTRUCTION_SLOT),
+        "instruction": load_text(spec, "instruction.txt", (EXAMPLES_SLOT,), "synthesis.prompt"),
+        "response": load_text(spec, "response.txt", (INSTRUCTION_SLOT,), "synthesis.prompt"),
     }
 
 

@@ -7,19 +7,39 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, NamedTuple
 
-# Table -> files under results/EXPERIMENT/ -> the constant columns their path gives (groups of the pattern).
-PARQUET_SOURCES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
-    "seeds": [(r"pool/seeds\.parquet", ())],
-    "reference": [(r"pool/reference\.parquet", ())],
+from montessori.methods import LLM2LLM, SELF_REWARD, parse_method
+
+
+class Source(NamedTuple):
+    """Files under results/EXPERIMENT/ that fill a table: their path pattern, the columns the pattern's groups
+    give, and columns that are the same for every such file."""
+
+    pattern: str
+    names: tuple[str, ...] = ()
+    constants: tuple[tuple[str, Any], ...] = ()
+
+
+# Iteration candidates of the Montessori loop (and warm-up ones) have no method; the baselines' loops write theirs
+# under self_reward/ and llm2llm/, which becomes their method.
+PARQUET_SOURCES: dict[str, list[Source]] = {
+    "seeds": [Source(r"pool/seeds\.parquet")],
+    "reference": [Source(r"pool/reference\.parquet")],
     "candidates": [
-        (r"warmup/candidates\.parquet", ()),
-        (r"iter[0-9]+/candidates\.parquet", ()),
-        (r"final/([^/]+)/candidates\.parquet", ("method",)),
+        Source(r"warmup/candidates\.parquet"),
+        Source(r"iter[0-9]+/candidates\.parquet"),
+        Source(r"(self_reward|llm2llm)/iter[0-9]+/candidates\.parquet", ("method",)),
+        Source(r"final/([^/]+)/candidates\.parquet", ("method",)),
     ],
-    "influence": [(r"iter([0-9]+)/influence\.parquet", ("iteration",))],
-    "pairs": [(r"iter([0-9]+)/pairs\.parquet", ("iteration",))],
-    "train_sets": [(r"final/([^/]+)/train\.parquet", ("method",))],
+    "influence": [Source(r"iter([0-9]+)/influence\.parquet", ("iteration",))],
+    "pairs": [
+        Source(r"iter([0-9]+)/pairs\.parquet", ("iteration",), (("method", "montessori"),)),
+        Source(r"(self_reward)/iter([0-9]+)/pairs\.parquet", ("method", "iteration")),
+    ],
+    "rewards": [Source(r"self_reward/iter([0-9]+)/rewards\.parquet", ("iteration",))],
+    "llm2llm_tests": [Source(r"llm2llm/iter([0-9]+)/tests\.parquet", ("iteration",))],
+    "train_sets": [Source(r"final/([^/]+)/train\.parquet", ("method",))],
 }
 EVAL_BENCHMARKS = ("alpaca_eval", "mt_bench", "arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu")
 # eval/METHOD/ also holds inputs of the evaluations (e.g. alpaca_eval_outputs.json): only score files match.
@@ -27,7 +47,7 @@ EVAL_PATTERN = rf"eval/([^/]+)/({'|'.join(EVAL_BENCHMARKS)})\.json"
 JOBS_PATTERN = r"benchmarks/.+\.tsv"
 CONFIG_FILE = "config.yaml"
 # A subfolder of results/ is an experiment when it holds one of these (results/ also holds the database).
-_MARKERS = re.compile(r"config\.yaml|pool|warmup|iter[0-9]+|final|eval|benchmarks")
+_MARKERS = re.compile(r"config\.yaml|pool|warmup|iter[0-9]+|final|eval|benchmarks|self_reward|llm2llm")
 
 
 def experiment_dirs(results_dir: str | Path) -> list[Path]:
@@ -42,7 +62,7 @@ def experiment_dirs(results_dir: str | Path) -> list[Path]:
 
 def experiment_files(experiment_dir: Path) -> list[str]:
     """Paths (relative to the experiment) of the files build_database reads."""
-    patterns = [p for sources in PARQUET_SOURCES.values() for p, _ in sources]
+    patterns = [source.pattern for sources in PARQUET_SOURCES.values() for source in sources]
     patterns += [EVAL_PATTERN, JOBS_PATTERN, CONFIG_FILE]
     relative = (p.relative_to(experiment_dir).as_posix() for p in experiment_dir.rglob("*") if p.is_file())
     return sorted(r for r in relative if any(re.fullmatch(p, r) for p in patterns))
@@ -75,3 +95,17 @@ def rule_inputs(
                 continue
             untracked.append(str(experiment_dir / relative))
     return sorted(set(outputs) | set(untracked))
+
+
+def baseline_outputs(results: str, final_methods: list[str], iterations: int) -> list[str]:
+    """The files of the baselines' loops under `results` (results/EXPERIMENT) that the final sets of
+    `final_methods` need: Self-Reward's rewards, pairs and (from iteration 2) candidates, LLM2LLM's tests and new
+    examples, up to the last iteration any of those methods asks for."""
+    files = {SELF_REWARD: lambda i: ["rewards", "pairs"] + (["candidates"] if i > 1 else []),
+             LLM2LLM: lambda i: ["tests", "candidates"]}  # fmt: skip
+    outputs = []
+    for family, names in files.items():
+        used = [parse_method(m, iterations) for m in final_methods]
+        last = max((method.iteration for method in used if method.family == family), default=0)
+        outputs += [f"{results}/{family}/iter{i}/{name}.parquet" for i in range(1, last + 1) for name in names(i)]
+    return outputs

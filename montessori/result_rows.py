@@ -12,27 +12,25 @@ import pandas as pd
 
 from montessori import methods
 from montessori.io import DataError
-from montessori.methods import MONTESSORI
 
 
 def canonical_json(config: Any) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def teacher_iteration(method: str, config: dict[str, Any] | None, train: Path) -> int | None:
-    """Which teacher wrote the method's final set: its train.parquet says so; else the method's name does
-    (montessori's teacher_K needs the run's config; an unknown method or K stays NULL)."""
+def method_iteration(method: str, config: dict[str, Any] | None, train: Path) -> int | None:
+    """Table 1's iteration of the method (montessori/methods.py): its name and the run's `iterations` say it;
+    without the run's config, the teacher iteration its train.parquet records (else NULL)."""
+    if config is not None and "iterations" in config:
+        try:
+            return methods.method_iteration(method, int(config["iterations"]))
+        except ValueError:
+            return None
     if train.exists():
         iterations = pd.read_parquet(train, columns=["iteration"])["iteration"].dropna().unique()
         if len(iterations) == 1:
             return int(iterations[0])
-    known_k = config is not None and "iterations" in config
-    if method == MONTESSORI and not known_k:
-        return None
-    try:
-        return methods.teacher_iteration(method, int(config["iterations"]) if known_k else 0)
-    except ValueError:
-        return None
+    return None
 
 
 def _number(value: Any, path: Path, key: str, kind: type = float) -> Any:

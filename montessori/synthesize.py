@@ -159,7 +159,11 @@ class Synthesis:
 
     def run_round(self, state: SynthesisState) -> list[dict]:
         """Ask the teacher for one round's instructions and answers; returns (and records) the round's rows."""
-        contexts = self.contexts(state, self.round_size(state))
+        return self.ask(state, self.contexts(state, self.round_size(state)))
+
+    def ask(self, state: SynthesisState, contexts: list[list[str]]) -> list[dict]:
+        """One prompt per list of in-context examples: the teacher's instructions, filtered, and its answers to the
+        accepted ones; returns (and records) the rows."""
         conversations = [self.prompt.instruction_turn(examples) for examples in contexts]
         sampling = Sampling(
             **self.synthesis["instruction"], n=self.plan.candidates_per_prompt, seed=self.seed + state.n_prompts

@@ -26,26 +26,37 @@ FROM (SELECT * REPLACE (regexp_replace(method, '_it[0-9]+$', '') AS method) FROM
 GROUP BY experiment, method, iteration
 ORDER BY
     experiment,
-    CASE method WHEN 'no_finetune' THEN 0 WHEN 'self_instruct' THEN 1 WHEN 'montessori' THEN 2 ELSE 3 END,
+    -- The paper's order: the untouched student, the baselines, Montessori-Instruct last.
+    CASE method WHEN 'no_finetune' THEN 0 WHEN 'self_instruct' THEN 1 WHEN 'strong_teacher' THEN 2
+        WHEN 'self_reward' THEN 3 WHEN 'llm2llm' THEN 4 WHEN 'montessori' THEN 5 ELSE 6 END,
     method,
     iteration NULLS FIRST;
 
 -- lineage: one row per final training example, keyed by (experiment, method, candidate_id).
 -- example -> the teacher prompt that wrote it (prompt_id) -> the seeds shown in that prompt (seed_ids, in
 -- prompt order, with their texts) -> the teacher that wrote it (teacher_iteration: 0 = the untrained teacher,
--- i.e. self_instruct; K = teacher_K, i.e. montessori; I = teacher_I, i.e. montessori_itI).
--- Influence evidence: teacher_k learnt by DPO from the pairs of iterations 1..k, so
---   teacher_pairs         = the number of pairs in iterations 1..teacher_iteration (all of them trained it);
---   evidence_candidates   = the scored candidates of iterations 1..teacher_iteration whose own teacher prompt
---                           drew at least one of this example's seeds (the closest evidence about these seeds);
---   evidence_mean_influence, evidence_positive = their mean influence and how many helped the student.
--- For teacher_iteration 0 all three are 0/NULL: the untrained teacher never saw an influence score. The evidence
--- is correlational (seeds are shared by chance), not a claim that those candidates caused this example.
+-- i.e. self_instruct, or strong_teacher's external one; K = teacher_K of montessori or self_reward; I = teacher_I of
+-- METHOD_itI; for llm2llm the round that added the example, 0 for self_instruct's examples it starts from).
+-- Evidence, by method:
+--   teacher_pairs         = the pairs of iterations 1..teacher_iteration of the loop that trained the teacher
+--                           (montessori's or self_reward's; 0 for the others);
+--   montessori: evidence_candidates = the scored candidates of iterations 1..teacher_iteration whose own teacher
+--                           prompt drew at least one of this example's seeds (the closest evidence about these
+--                           seeds), evidence_mean_influence and evidence_positive their mean influence and how many
+--                           helped the student;
+--   self_reward: the same candidates of its own loop, with evidence_mean_reward their mean self-judged reward;
+--   llm2llm: augmented_from = the seed example the student failed, with the student's failed_answer and the
+--                           grader's failure_judgment (NULL for the examples self_instruct's set gave it).
+-- The untrained teacher never saw an influence score or a reward. Seed evidence is correlational (seeds are
+-- shared by chance), not a claim that those candidates caused this example.
 CREATE OR REPLACE VIEW lineage AS
-WITH final_seeds AS (
-    SELECT experiment, method, candidate_id, iteration,
+WITH examples AS (
+    SELECT *, regexp_replace(method, '_it[0-9]+$', '') AS family FROM train_sets
+),
+final_seeds AS (
+    SELECT experiment, method, family, candidate_id, iteration,
            unnest(seed_ids) AS seed_id, generate_subscripts(seed_ids, 1) AS position
-    FROM train_sets
+    FROM examples
 ),
 seed_texts AS (
     SELECT f.experiment, f.method, f.candidate_id,
@@ -54,27 +65,38 @@ seed_texts AS (
     LEFT JOIN seeds s ON s.experiment = f.experiment AND s.seed_id = f.seed_id
     GROUP BY f.experiment, f.method, f.candidate_id
 ),
+-- Each loop's scored candidates by seed: influence (montessori), reward (self_reward). Iteration-1 candidates are
+-- shared: teacher_0 writes them once for both loops.
 scored_seeds AS (
-    SELECT DISTINCT c.experiment, c.iteration, c.candidate_id, i.influence, unnest(c.seed_ids) AS seed_id
+    SELECT DISTINCT 'montessori' AS family, c.experiment, i.iteration, c.candidate_id, i.influence, NULL AS reward,
+           unnest(c.seed_ids) AS seed_id
     FROM candidates c
     JOIN influence i ON i.experiment = c.experiment AND i.candidate_id = c.candidate_id
     WHERE c.method IS NULL
+    UNION ALL
+    SELECT DISTINCT 'self_reward' AS family, c.experiment, r.iteration, c.candidate_id, NULL AS influence, r.reward,
+           unnest(c.seed_ids) AS seed_id
+    FROM candidates c
+    JOIN rewards r ON r.experiment = c.experiment AND r.candidate_id = c.candidate_id
+    WHERE c.method IS NULL OR c.method = 'self_reward'
 ),
 evidence AS (
     SELECT experiment, method, candidate_id,
            count(*) AS evidence_candidates,
            avg(influence) AS evidence_mean_influence,
-           count(*) FILTER (WHERE influence > 0) AS evidence_positive
+           count(*) FILTER (WHERE influence > 0) AS evidence_positive,
+           avg(reward) AS evidence_mean_reward
     FROM (
-        SELECT DISTINCT f.experiment, f.method, f.candidate_id, s.candidate_id AS evidence_id, s.influence
+        SELECT DISTINCT f.experiment, f.method, f.candidate_id, s.candidate_id AS evidence_id, s.influence, s.reward
         FROM final_seeds f
         JOIN scored_seeds s
-          ON s.experiment = f.experiment AND s.seed_id = f.seed_id AND s.iteration BETWEEN 1 AND f.iteration
+          ON s.experiment = f.experiment AND s.family = f.family AND s.seed_id = f.seed_id
+         AND s.iteration BETWEEN 1 AND f.iteration
     )
     GROUP BY experiment, method, candidate_id
 ),
 pairs_per_iteration AS (
-    SELECT experiment, iteration, count(*) AS n_pairs FROM pairs GROUP BY experiment, iteration
+    SELECT experiment, method AS family, iteration, count(*) AS n_pairs FROM pairs GROUP BY ALL
 )
 SELECT
     t.experiment,
@@ -89,14 +111,24 @@ SELECT
     st.seed_texts,
     c.n_generated_in_context,
     (SELECT coalesce(sum(p.n_pairs), 0)::BIGINT FROM pairs_per_iteration p
-      WHERE p.experiment = t.experiment AND p.iteration BETWEEN 1 AND t.iteration) AS teacher_pairs,
+      WHERE p.experiment = t.experiment AND p.family = t.family AND p.iteration BETWEEN 1 AND t.iteration)
+      AS teacher_pairs,
     coalesce(e.evidence_candidates, 0) AS evidence_candidates,
     e.evidence_mean_influence,
-    coalesce(e.evidence_positive, 0) AS evidence_positive
-FROM train_sets t
-LEFT JOIN candidates c ON c.experiment = t.experiment AND c.method = t.method AND c.candidate_id = t.candidate_id
+    coalesce(e.evidence_positive, 0) AS evidence_positive,
+    e.evidence_mean_reward,
+    t.augmented_from,
+    lt.answer AS failed_answer,
+    lt.judgment AS failure_judgment
+FROM examples t
+-- An LLM2LLM set holds self_instruct's final candidates and the examples its own rounds wrote.
+LEFT JOIN candidates c
+  ON c.experiment = t.experiment AND c.candidate_id = t.candidate_id
+ AND (c.method = t.method OR (t.family = 'llm2llm' AND c.method IN ('llm2llm', 'self_instruct')))
 LEFT JOIN seed_texts st ON st.experiment = t.experiment AND st.method = t.method AND st.candidate_id = t.candidate_id
 LEFT JOIN evidence e ON e.experiment = t.experiment AND e.method = t.method AND e.candidate_id = t.candidate_id
+LEFT JOIN llm2llm_tests lt
+  ON lt.experiment = t.experiment AND lt.candidate_id = t.augmented_from AND lt.iteration = t.iteration
 ORDER BY t.experiment, t.method, t.candidate_id;
 
 -- siblings: one row per candidate of a Montessori iteration (stage iterN), beside the other candidates the same
@@ -111,10 +143,12 @@ WITH scored AS (
     WHERE c.method IS NULL AND c.stage LIKE 'iter%'
 ),
 chosen AS (
-    SELECT experiment, chosen_candidate_id AS candidate_id, count(*) AS n FROM pairs GROUP BY ALL
+    SELECT experiment, chosen_candidate_id AS candidate_id, count(*) AS n FROM pairs
+    WHERE method = 'montessori' GROUP BY ALL
 ),
 rejected AS (
-    SELECT experiment, rejected_candidate_id AS candidate_id, count(*) AS n FROM pairs GROUP BY ALL
+    SELECT experiment, rejected_candidate_id AS candidate_id, count(*) AS n FROM pairs
+    WHERE method = 'montessori' GROUP BY ALL
 )
 SELECT
     s.experiment,

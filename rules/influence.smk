@@ -26,6 +26,7 @@ rule influence_shard:
         influence=config["influence"],
         seed=config["seed"],
         chat_template=chat_template("student"),
+        progress=f"{PROGRESS}/influence_shard/iter{{iteration}}-{{scatteritem}}.jsonl",
     script:
         "../scripts/influence_shard.py"
 

@@ -3,7 +3,7 @@
 # `snakemake --report results/report.html`.
 import os
 
-from montessori.result_files import rule_inputs
+from montessori.result_files import baseline_outputs, rule_inputs
 
 DATABASE = "results/montessori.duckdb"
 REPORT = f"{RESULTS}/report"
@@ -22,6 +22,7 @@ REPORT_RULES = ("plots", "table1")
 report: "../report/workflow.rst"
 
 
+FINAL_METHODS = config["final"]["methods"]
 # This experiment's tables and scores, as the DAG names them, so the database waits for them.
 AGGREGATED = [
     f"{RESULTS}/config.yaml",
@@ -29,7 +30,10 @@ AGGREGATED = [
     f"{RESULTS}/pool/reference.parquet",
     f"{RESULTS}/warmup/candidates.parquet",
     *(f"{RESULTS}/iter{i}/{name}.parquet" for i in ITERATIONS for name in ("candidates", "influence", "pairs")),
-    *(f"{RESULTS}/final/{m}/{name}.parquet" for m in config["final"]["methods"] for name in ("candidates", "train")),
+    *(f"{RESULTS}/final/{m}/train.parquet" for m in FINAL_METHODS),
+    # llm2llm's set is grown, not synthesized: its new examples are in its loop's candidates.
+    *(f"{RESULTS}/final/{m}/candidates.parquet" for m in FINAL_METHODS if not m.startswith("llm2llm")),
+    *baseline_outputs(RESULTS, FINAL_METHODS, config["iterations"]),
     *eval_targets(),
 ]
 

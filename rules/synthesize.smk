@@ -26,6 +26,7 @@ rule synthesize_warmup:
         teacher=lambda wc: teacher_path(0),
         iteration=0,
         synthesis=synthesis_params("warmup", 1, n_examples=config["warmup"]["n_examples"]),
+        progress=f"{PROGRESS}/synthesize_warmup.jsonl",
     script:
         "../scripts/synthesize.py"
 
@@ -57,6 +58,7 @@ rule synthesize_iteration:
             config["synthesis"]["candidates_per_prompt"],
             n_prompts=config["influence"]["n_prompts"],
         ),
+        progress=f"{PROGRESS}/synthesize_iteration/iter{{iteration}}.jsonl",
     script:
         "../scripts/synthesize.py"
 
@@ -64,7 +66,7 @@ rule synthesize_iteration:
 rule synthesize_final:
     input:
         seeds=f"{RESULTS}/pool/seeds.parquet",
-        teacher=lambda wc: teacher_input(final_teacher_iteration(wc.method)),
+        teacher=lambda wc: teacher_input(*final_teacher(wc.method)),
         chat_template=chat_template_input("teacher"),
     output:
         candidates=f"{RESULTS}/final/{{method}}/candidates.parquet",
@@ -73,6 +75,10 @@ rule synthesize_final:
         f"{RESULTS}/logs/synthesize_final/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/synthesize_final/{{method}}.tsv"
+    wildcard_constraints:
+        # The methods whose final set a local teacher writes (strong_teacher: rules/strong_teacher.smk; llm2llm's
+        # set grows round by round: rules/llm2llm.smk).
+        method=r"self_instruct|(montessori|self_reward)(_it[1-9][0-9]*)?",
     priority: LOOP_PRIORITY
     conda:
         CONDA_ENV
@@ -82,9 +88,10 @@ rule synthesize_final:
         runtime=720,
         gpu=config["gpus"]["synthesize_final"],
     params:
-        teacher=lambda wc: teacher_path(final_teacher_iteration(wc.method)),
-        iteration=lambda wc: final_teacher_iteration(wc.method),
-        # Both methods draw the same seeds (one random stream, "final"), so they differ only by teacher.
+        teacher=lambda wc: teacher_path(*final_teacher(wc.method)),
+        iteration=lambda wc: final_teacher(wc.method)[0],
+        # Every method draws the same seeds (one random stream, "final"), so they differ only by teacher.
         synthesis=synthesis_params("final", 1, n_examples=config["final"]["n_examples"]),
+        progress=f"{PROGRESS}/synthesize_final/{{method}}.jsonl",
     script:
         "../scripts/synthesize.py"

@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 
 from montessori.influence_modes import check_processes
-from montessori.jobs import start_job
+from montessori.jobs import job_progress_spec, start_job
 from montessori.launch import job_processes, run_stage
 from montessori.pairs import pairable
 from montessori.shards import shard_of
@@ -38,6 +38,8 @@ with tempfile.TemporaryDirectory(prefix="montessori-influence-") as scratch:
             "seed": snakemake.params.seed,
             "shard": shard,
             "out": str(snakemake.output[0]),
+            # Scores saved as the shard goes: a rerun after a kill computes only the missing ones.
+            "progress": job_progress_spec(snakemake),
         },
         processes=processes,
         threads=snakemake.threads,

@@ -187,7 +187,8 @@ def test_every_table_has_its_declared_columns_and_types(built):
     for table, declared in TABLES.items():
         got = columns[columns["table_name"] == table]
         assert dict(zip(got["column_name"], got["data_type"])) == declared, table
-    assert all(counts[t] > 0 for t in TABLES), counts
+    # The baselines' own tables: see test_baselines_follow_their_own_lineage.
+    assert all(counts[t] > 0 for t in TABLES if t not in ("rewards", "llm2llm_tests")), counts
     # No extension types: the plain duckdb CLI must read every column.
     types = set(query(db, "SELECT DISTINCT data_type FROM duckdb_columns() WHERE NOT internal")["data_type"])
     assert types <= {"VARCHAR", "INTEGER", "BIGINT", "DOUBLE", "BOOLEAN", "VARCHAR[]", "DOUBLE[]"}, types
@@ -275,6 +276,81 @@ def test_lineage_follows_final_examples_to_seeds_teacher_and_influence(built):
     self_instruct = lineage[lineage["method"] == "self_instruct"]
     assert (self_instruct["teacher_iteration"] == 0).all() and (self_instruct["teacher_pairs"] == 0).all()
     assert (self_instruct["evidence_candidates"] == 0).all()
+
+
+def write_baselines(results: Path, experiment: str) -> None:
+    """A finished run of the paper's baselines beside self_instruct, K = 2: strong_teacher's final set; the
+    Self-Reward loop (iteration 1 judges teacher_0's iteration-1 candidates, iteration 2 its own); two LLM2LLM
+    rounds that each add one example written from a failed one."""
+    root = results / experiment
+    (root / "pool").mkdir(parents=True)
+    (root / "config.yaml").write_text(yaml.safe_dump({"experiment": experiment, "iterations": 2}))
+    seeds = {"seed_id": [f"s{i}" for i in range(len(SEEDS))], "seed_text": SEEDS, "source": "seeds.json"}
+    pd.DataFrame({**seeds, "source_index": range(len(SEEDS))}).to_parquet(root / "pool/seeds.parquet")
+
+    def parquet(rows, relative):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(root / relative)
+
+    loop = {1: ("iter1", "iter1"), 2: ("self_reward-iter2", "self_reward/iter2")}
+    for iteration, (stage, folder) in loop.items():
+        candidates = [_candidate(experiment, stage, iteration, "p1", k, ["s0", "s1"]) for k in range(2)]
+        parquet(candidates, f"{folder}/candidates.parquet")
+        rewards = [1.5, 3.25]
+        parquet({"candidate_id": [c["candidate_id"] for c in candidates], "prompt_id": f"{stage}-p1",
+                 "iteration": iteration, "reward": rewards, "score_probabilities": "{}", "judgment": "3",
+                 "judge": "local-hf:teacher"}, f"self_reward/iter{iteration}/rewards.parquet")  # fmt: skip
+        parquet({"pair_id": [f"sr{iteration}"], "prompt_id": f"{stage}-p1", "iteration": iteration,
+                 "prompt": "prompt p1", "chosen": "raw 1", "rejected": "raw 0",
+                 "chosen_candidate_id": f"{stage}-p1-1", "rejected_candidate_id": f"{stage}-p1-0",
+                 "chosen_reward": 3.25, "rejected_reward": 1.5},
+                f"self_reward/iter{iteration}/pairs.parquet")  # fmt: skip
+    finals = {"self_instruct": 0, "strong_teacher": 0, "self_reward": 2}
+    for method, teacher in finals.items():
+        final = pd.DataFrame([_candidate(experiment, "final", teacher, "q0", 0, ["s0", "s2"]),
+                              _candidate(experiment, "final", teacher, "q1", 0, ["s7"])])  # fmt: skip
+        parquet(final, f"final/{method}/candidates.parquet")
+        parquet(final[TRAIN_COLUMNS], f"final/{method}/train.parquet")
+    train = pd.read_parquet(root / "final/self_instruct/train.parquet").assign(augmented_from=None)
+    for iteration in (1, 2):
+        parquet({"candidate_id": ["final-q0-0", "final-q1-0"], "prompt_id": ["final-q0", "final-q1"],
+                 "iteration": iteration, "instruction": "i", "reference": "r", "answer": ["good", f"bad {iteration}"],
+                 "answer_finish_reason": "stop", "judgment": "Correct", "p_correct": [0.9, 0.2],
+                 "verdict": ["correct", "incorrect"], "failed": [False, True], "judge": "local-hf:teacher"},
+                f"llm2llm/iter{iteration}/tests.parquet")  # fmt: skip
+        new = _candidate(experiment, f"llm2llm-iter{iteration}", iteration, "p00000", 0, ["s7"])
+        parquet([{**new, "augmented_from": "final-q1-0"}], f"llm2llm/iter{iteration}/candidates.parquet")
+        train = pd.concat([train, pd.DataFrame([new])[TRAIN_COLUMNS].assign(augmented_from="final-q1-0")])
+        parquet(train, f"final/{'llm2llm_it1' if iteration == 1 else 'llm2llm'}/train.parquet")
+    for method in ("no_finetune", *finals, "llm2llm_it1", "llm2llm"):
+        _eval(root / f"eval/{method}/alpaca_eval.json", "alpaca_eval", method, 50.0)
+
+
+def test_baselines_follow_their_own_lineage(tmp_path):
+    write_baselines(tmp_path / "results", "gamma")
+    db = tmp_path / "results" / "montessori.duckdb"
+    counts = build_database(tmp_path / "results", db, data_dir=tmp_path / "data")
+    assert counts["rewards"] == 4 and counts["llm2llm_tests"] == 4
+    table1 = query(db, "SELECT method, iteration FROM table1")
+    assert list(zip(table1["method"], table1["iteration"].fillna(-1))) == [
+        ("no_finetune", -1), ("self_instruct", 0), ("strong_teacher", 0), ("self_reward", 2), ("llm2llm", 1),
+        ("llm2llm", 2),
+    ]  # fmt: skip
+    pairs = query(db, "SELECT method, iteration, chosen_reward, chosen_influence FROM pairs ORDER BY iteration")
+    assert pairs["method"].tolist() == ["self_reward", "self_reward"] and pairs["chosen_influence"].isna().all()
+    lineage = query(db, "SELECT * FROM lineage ORDER BY method, candidate_id").set_index(["method", "candidate_id"])
+    # self_reward's teacher_2 learnt from both iterations' pairs; seed s0 was in both iterations' scored prompt.
+    row = lineage.loc[("self_reward", "final-q0-0")]
+    assert row["teacher_pairs"] == 2 and row["evidence_candidates"] == 4
+    assert row["evidence_mean_reward"] == pytest.approx((1.5 + 3.25) / 2) and pd.isna(row["evidence_mean_influence"])
+    assert lineage.loc[("strong_teacher", "final-q0-0"), "teacher_pairs"] == 0
+    # LLM2LLM's set: self_instruct's two examples and one new example per round, each from the failed q1.
+    grown = lineage.loc["llm2llm"]
+    assert len(grown) == 4 and grown["augmented_from"].count() == 2
+    new = grown.loc["llm2llm-iter2-p00000-0"]
+    assert new["augmented_from"] == "final-q1-0" and new["failed_answer"] == "bad 2"
+    assert new["teacher_iteration"] == 2 and list(new["seed_texts"]) == [SEEDS[7]]
+    assert pd.isna(grown.loc["final-q1-0", "failed_answer"]) and grown.loc["final-q1-0", "n_generated_in_context"] == 0
 
 
 def test_siblings_rank_candidates_of_one_prompt(built):

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from montessori.config import ConfigError, load_schema, validate_config
-from montessori.methods import teacher_iteration
+from montessori.methods import method_iteration
 from tests.conftest import ROOT
 
 
@@ -87,9 +87,10 @@ def test_an_earlier_teacher_is_a_method_of_its_own():
 @pytest.mark.parametrize(
     ("methods", "expected"),
     [
-        (["self_instruct", "montessori_it2"], "'montessori_it2', but teacher_2 is teacher_K, i.e. montessori"),
-        (["self_instruct", "montessori_it3"], "teacher_3 is never trained (iterations: 2)"),
+        (["self_instruct", "montessori_it2"], "'montessori_it2', but iteration 2 is montessori's last iteration"),
+        (["self_instruct", "llm2llm_it3"], "'llm2llm_it3', but iteration 3 is never reached (iterations: 2)"),
         (["self_instruct", "montessori_x"], "'final.methods.1'"),
+        (["self_instruct", "strong_teacher"], "'models.strong_teacher' is not set"),
     ],
 )
 def test_a_method_without_its_teacher_is_named(methods, expected):
@@ -110,8 +111,8 @@ def test_an_evaluated_method_needs_its_final_set_and_alpaca_eval_its_reference()
 
 
 def test_each_method_names_its_teacher():
-    assert [teacher_iteration(m, 3) for m in ("no_finetune", "self_instruct", "montessori_it2", "montessori")] == [
-        None, 0, 2, 3,
-    ]  # fmt: skip
+    methods = ("no_finetune", "self_instruct", "strong_teacher", "montessori_it2", "montessori", "self_reward_it1",
+               "self_reward", "llm2llm_it2", "llm2llm")  # fmt: skip
+    assert [method_iteration(m, 3) for m in methods] == [None, 0, 0, 2, 3, 1, 3, 2, 3]
     with pytest.raises(ValueError, match="unknown method 'montessori_it0'"):
-        teacher_iteration("montessori_it0", 3)
+        method_iteration("montessori_it0", 3)

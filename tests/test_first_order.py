@@ -8,7 +8,7 @@ import torch
 
 from montessori.first_order import FirstOrderEngine, FlatAdamW, fit_candidate_batch, flatten
 from montessori.influence import InfluenceEngine
-from montessori.influence_base import SCORE_COLUMNS, encode_candidates
+from montessori.influence_base import SCORE_COLUMNS, SavedLosses, encode_candidates
 from montessori.influence_modes import VALIDATION_COLUMNS, agreement, score_shard, validation_sample
 from montessori.student import load_model, load_optimizer
 from montessori.warm_up import warm_up
@@ -222,3 +222,11 @@ def test_agreement_statistics():
     assert stats["validation_sign_agreement"] == 0.75
     assert stats["validation_max_relative_error"] == pytest.approx(2.0)
     assert math.isnan(agreement(pd.Series([0.1]), pd.Series([0.2]))["validation_spearman"])
+
+
+def test_a_resumed_first_order_shard_keeps_the_saved_losses(engine):
+    saves = []
+    uninterrupted = engine.score(CANDIDATES, "null_step", SavedLosses(save=saves.append, every=1))
+    assert len(saves) == (CANDIDATES["verdict"] == "ok").sum()
+    resumed = engine.score(CANDIDATES, "null_step", SavedLosses(done={**saves[0], **saves[1]}))
+    pd.testing.assert_frame_equal(resumed, uninterrupted)

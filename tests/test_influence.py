@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from montessori.influence import InfluenceEngine
-from montessori.influence_base import SCORE_COLUMNS
+from montessori.influence_base import SCORE_COLUMNS, SavedLosses
 from montessori.shards import gather, shard_of
 from montessori.student import IGNORE_INDEX, encode_example, load_model, load_optimizer
 from montessori.warm_up import warm_up
@@ -192,3 +192,19 @@ def test_gather_is_independent_of_shard_order_and_refuses_repeats(scores):
     pd.testing.assert_frame_equal(gather(parts[::-1]), gathered)
     with pytest.raises(ValueError, match=r"appear in more than one shard row, e.g. \['c1', 'c5'\]"):
         gather([parts[0], parts[0]])
+
+
+def test_a_resumed_shard_computes_only_what_was_not_saved(engine, scores):
+    """The losses a killed shard saved are reused as saved; the rest are computed, and the frame is the same."""
+    saves = []
+    first = engine.score(CANDIDATES, "null_step", SavedLosses(save=saves.append, every=2))
+    pd.testing.assert_frame_equal(first, scores)
+    assert [len(step) for step in saves] == [2, 2]  # 4 scorable candidates, saved 2 at a time
+    computed = []
+    engine.loss_after_step, original = (lambda e: computed.append(e) or original(e)), engine.loss_after_step
+    try:
+        resumed = engine.score(CANDIDATES, "null_step", SavedLosses(done=dict(saves[0])))
+    finally:
+        del engine.loss_after_step
+    pd.testing.assert_frame_equal(resumed, scores)
+    assert len(computed) == 2

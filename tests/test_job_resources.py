@@ -1,7 +1,6 @@
 """Each job's GPUs and processes as Snakemake plans them and as Slurm would get them; DPO and SFT in 2 processes
 through their rules."""
 
-import shutil
 
 import pytest
 import yaml
@@ -10,7 +9,7 @@ from snakemake_executor_plugin_slurm.utils import set_gres_string
 from snakemake_executor_plugin_slurm_jobstep import get_gpu_setting, get_node_setting
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import ROOT, TOY_EXAMPLES
+from tests.conftest import ROOT, TOY_EXAMPLES, make_workdir, run_snakemake
 from tests.test_dpo import fake_pairs
 from tests.test_pipeline import snakemake
 
@@ -21,12 +20,12 @@ PAPER_GPUS = {
     "configs/paper.yaml": {
         "synthesize_warmup": 1, "synthesize_iteration": 1, "synthesize_final": 1, "warmup_student": 8,
         "influence_shard": 8, "dpo_teacher": 2, "sft_student": 4, "lm_eval": 1, "alpaca_eval_outputs": 1,
-        "mt_bench": 1, "alpaca_eval": 0,
+        "mt_bench": 1, "alpaca_eval": 0, "self_reward_judge": 1, "llm2llm_test": 1, "llm2llm_augment": 1,
     },
     "configs/paper_1b.yaml": {
         "synthesize_warmup": 1, "synthesize_iteration": 1, "synthesize_final": 1, "warmup_student": 1,
         "influence_shard": 1, "dpo_teacher": 2, "sft_student": 1, "lm_eval": 1, "alpaca_eval_outputs": 1,
-        "mt_bench": 1, "alpaca_eval": 0,
+        "mt_bench": 1, "alpaca_eval": 0, "self_reward_judge": 1, "llm2llm_test": 1, "llm2llm_augment": 1,
     },
 }  # fmt: skip
 
@@ -71,7 +70,11 @@ def test_a_dry_run_shows_each_rules_gpus_from_the_config(paper_jobs, configfile)
     jobs = paper_jobs[configfile]
     config = yaml.safe_load((ROOT / configfile).read_text())
     assert config["gpus"] == PAPER_GPUS[configfile]
-    for rule, gpus in PAPER_GPUS[configfile].items():
+    # The rules `use rule ... as` derives from a GPU rule hold its count; the strong teacher is an API (no GPU).
+    derived = {"synthesize_self_reward_iteration": "synthesize_iteration", "dpo_self_reward_teacher": "dpo_teacher"}
+    counts = {**PAPER_GPUS[configfile], **{new: config["gpus"][old] for new, old in derived.items()}}
+    counts["synthesize_strong_teacher"] = 0
+    for rule, gpus in counts.items():
         assert jobs[rule], rule
         assert {job["gpu"] for job in jobs[rule]} == {gpus}, rule
         # Every GPU job runs on the GPU partition, as one task on one node (the profile's site settings).
@@ -133,8 +136,8 @@ def test_two_process_dpo_and_sft_through_their_rules(tiny_model_dir, tmp_path):
     """The rules with `cpu_processes=2` (what `gpu=2` is on a GPU node): both jobs run 2 ranks over gloo, each
     rank's output lands in the job's log, and the teacher and student load. ~1.5 min here."""
     experiment = "test-2proc"
-    results = ROOT / "results" / experiment
-    shutil.rmtree(results, ignore_errors=True)
+    workdir = make_workdir(tmp_path / "work")
+    results = workdir / "results" / experiment
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["experiment"] = experiment
     config["models"] = {"teacher": "tiny-random-llama", "student": "tiny-random-llama"}
@@ -148,18 +151,15 @@ def test_two_process_dpo_and_sft_through_their_rules(tiny_model_dir, tmp_path):
     fake_pairs(4).to_parquet(results / "iter1" / "pairs.parquet")
     TOY_EXAMPLES.to_parquet(results / "final" / "self_instruct" / "train.parquet")
     teacher, student = results / "iter1" / "teacher", results / "final" / "self_instruct" / "student"
-    try:
-        snakemake(
-            str(teacher.relative_to(ROOT)), str(student.relative_to(ROOT)), "--cores", "2",
-            "--configfile", str(configfile),
-            "--set-resources", "dpo_teacher:cpu_processes=2", "sft_student:cpu_processes=2",
-        )  # fmt: skip
-        for model, log in ((teacher, "dpo_teacher/iter1.log"), (student, "sft_student/self_instruct.log")):
-            text = (results / "logs" / log).read_text()
-            assert "in 2 processes" in text and "[default0]:" in text and "[default1]:" in text
-            assert "'processes': 2" in text
-            assert AutoModelForCausalLM.from_pretrained(model).num_parameters() == (
-                AutoModelForCausalLM.from_pretrained(tiny_model_dir).num_parameters()
-            )
-    finally:
-        shutil.rmtree(results, ignore_errors=True)
+    run_snakemake(
+        workdir, str(teacher.relative_to(workdir)), str(student.relative_to(workdir)), "--cores", "2",
+        "--configfile", str(configfile),
+        "--set-resources", "dpo_teacher:cpu_processes=2", "sft_student:cpu_processes=2",
+    )  # fmt: skip
+    for model, log in ((teacher, "dpo_teacher/iter1.log"), (student, "sft_student/self_instruct.log")):
+        text = (results / "logs" / log).read_text()
+        assert "in 2 processes" in text and "[default0]:" in text and "[default1]:" in text
+        assert "'processes': 2" in text
+        assert AutoModelForCausalLM.from_pretrained(model).num_parameters() == (
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir).num_parameters()
+        )

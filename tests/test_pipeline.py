@@ -2,26 +2,23 @@
 
 import json
 import re
-import shutil
+import signal
 import subprocess
-import sys
+import time
 
 import duckdb
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
 from montessori.pairs import pairable
-from tests.conftest import ROOT
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--directory", str(ROOT), "--snakefile", str(ROOT / "Snakefile")]
+from tests.conftest import ROOT, SNAKEMAKE, TEST_CONFIG, make_workdir, run_snakemake, shared_workdir
 
 
 def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*SNAKEMAKE, *args], capture_output=True, text=True, cwd=ROOT)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+    """The checkout's workflow in the session's shared working directory (tests.conftest.shared_workdir)."""
+    return run_snakemake(shared_workdir(), *args, check=check)
 
 
 def planned_jobs(*args: str, targets: tuple[str, ...] = ()) -> dict[str, int]:
@@ -61,16 +58,43 @@ def test_an_earlier_teacher_writes_its_own_final_set():
 def test_paper_config_dry_run():
     jobs = planned_jobs("--configfile", "configs/paper.yaml", "--config", "experiment=dryrun-paper")
     assert jobs["influence_shard"] == 2 * 16
-    assert jobs["synthesize_final"] == 3 and jobs["sft_student"] == 3  # self_instruct, it1, it2
+    # Written by a local teacher: self_instruct, self_reward it1 and it2, montessori it1 and it2; by the API one.
+    assert jobs["synthesize_final"] == 5 and jobs["synthesize_strong_teacher"] == 1
+    assert jobs["sft_student"] == 8  # every method's student, llm2llm_it1's included
     assert "build_model" not in jobs  # hub ids: nothing to build
 
 
 def test_paper_1b_config_dry_run():
     jobs = planned_jobs("--configfile", "configs/paper_1b.yaml", "--config", "experiment=dryrun-paper-1b")
-    assert jobs["influence_shard"] == 2 * 16 and jobs["dpo_teacher"] == 2
-    assert jobs["synthesize_final"] == 3 and jobs["sft_student"] == 3  # self_instruct, it1, it2
-    assert jobs["lm_eval"] == 4 * 5 and jobs["mt_bench"] == 4  # 4 students x every benchmark
+    assert jobs["influence_shard"] == 2 * 16 and jobs["dpo_teacher"] == 2 and jobs["dpo_self_reward_teacher"] == 2
+    assert jobs["synthesize_final"] == 5 and jobs["sft_student"] == 8
+    assert jobs["lm_eval"] == 9 * 5 and jobs["mt_bench"] == 9  # 9 students x every benchmark
     assert "build_model" not in jobs  # hub ids: nothing to build
+
+
+BASELINES = (
+    "final={methods: [self_instruct, strong_teacher, self_reward, llm2llm, montessori]}",
+    "models={strong_teacher: {base_url: 'http://127.0.0.1:9/v1', model: gpt-4o}}",
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        # Iteration 1 judges Montessori's iteration-1 candidates (teacher_0's): no second synthesis of them, and no
+        # influence anywhere in this loop.
+        ("self_reward", {"synthesize_iteration": 1, "self_reward_judge": 2, "self_reward_pairs": 2,
+                         "dpo_self_reward_teacher": 2, "synthesize_self_reward_iteration": 1, "synthesize_final": 1}),
+        # self_instruct's set and student, two rounds of tests and new examples, llm2llm_it1's student for round 2.
+        ("llm2llm", {"synthesize_final": 1, "sft_student": 2, "llm2llm_test": 2, "llm2llm_augment": 2,
+                     "llm2llm_train_set": 2}),
+        ("strong_teacher", {"synthesize_strong_teacher": 1}),
+    ],
+)  # fmt: skip
+def test_each_baselines_part_of_the_dag(method, expected):
+    target = f"results/dryrun-baselines/final/{method}/train.parquet"
+    jobs = planned_jobs("--config", "experiment=dryrun-baselines", *BASELINES, targets=(target,))
+    assert {rule: n for rule, n in jobs.items() if rule not in ("build_model", "pool_seeds")} == expected
 
 
 @pytest.mark.parametrize("configfile", ["configs/paper.yaml", "configs/paper_1b.yaml"])
@@ -130,12 +154,14 @@ def test_bad_enum_names_allowed_values():
     assert "'before_step', 'null_step'" in result.stdout + result.stderr
 
 
+METHODS = ("no_finetune", "self_instruct", "strong_teacher", "self_reward", "llm2llm", "montessori")
+
+
 @pytest.mark.e2e
-def test_end_to_end_on_the_test_config(tmp_path):
-    """Real SmolLM2 teacher and student through every stage; then nothing reruns; then a DPO change."""
-    results = ROOT / "results" / "test"
-    shutil.rmtree(results, ignore_errors=True)
-    snakemake("--configfile", "configs/test.yaml", "--cores", "2")
+def test_end_to_end_on_the_test_config(test_config_run, tmp_path):
+    """Real SmolLM2 teacher and student through every stage of every method; then nothing reruns; then changes
+    rerun exactly what they concern."""
+    workdir, results = test_config_run
 
     seeds = pd.read_parquet(results / "pool/seeds.parquet")
     for iteration in (1, 2):
@@ -153,102 +179,155 @@ def test_end_to_end_on_the_test_config(tmp_path):
         assert influence["validation_sign_agreement"].between(0, 1).all()
         assert set(candidates.explode("seed_ids")["seed_ids"].dropna()) <= set(seeds["seed_id"])
         assert (results / f"iter{iteration}/teacher/config.json").exists()
-    for method in ("self_instruct", "montessori"):
+    for method in METHODS[1:]:
         train = pd.read_parquet(results / f"final/{method}/train.parquet")
-        assert len(train) > 0 and train["response"].str.len().gt(0).all()
+        assert len(train) >= 4 and train["response"].str.len().gt(0).all()
     assert pd.read_parquet(results / "final/montessori/train.parquet")["iteration"].eq(2).all()
-    for method in ("no_finetune", "self_instruct", "montessori"):
+    for method in METHODS:
         for benchmark in ("alpaca_eval", "mt_bench", "arc_challenge"):
             record = json.loads((results / f"eval/{method}/{benchmark}.json").read_text())
             assert (record["method"], record["benchmark"]) == (method, benchmark)
             assert record["n_items"] >= 1 and record["source"] == "offline"
     # The Self-Instruct student against itself: ties by definition, decided without the judge.
     assert json.loads((results / "eval/self_instruct/alpaca_eval.json").read_text())["scores"]["win_rate"] == 50.0
-    table1 = (
-        duckdb.connect(str(ROOT / "results/montessori.duckdb"), read_only=True)
-        .execute("SELECT method FROM table1 WHERE experiment = 'test' ORDER BY method")
-        .fetchall()
-    )
-    assert [m for (m,) in table1] == ["montessori", "no_finetune", "self_instruct"]
+    con = duckdb.connect(str(workdir / "results/montessori.duckdb"), read_only=True)
+    table1 = con.execute("SELECT method, iteration FROM table1 WHERE experiment = 'test'").fetchall()
+    assert table1 == [("no_finetune", None), ("self_instruct", 0), ("strong_teacher", 0), ("self_reward", 2),
+                      ("llm2llm", 2), ("montessori", 2)]  # fmt: skip
+    # Each example's lineage: the pairs that trained its teacher; LLM2LLM's new examples, the failure behind each.
+    lineage = con.execute(
+        "SELECT method, min(teacher_pairs), count(augmented_from), count(failed_answer) FROM lineage "
+        "WHERE experiment = 'test' GROUP BY method ORDER BY method"
+    ).fetchall()
+    by_method = {method: rest for method, *rest in lineage}
+    assert by_method["montessori"][0] > 0 and by_method["self_reward"][0] > 0
+    assert by_method["self_instruct"] == [0, 0, 0] and by_method["strong_teacher"] == [0, 0, 0]
+    assert by_method["llm2llm"][1] == by_method["llm2llm"][2] > 0
+    con.close()
 
-    assert planned_jobs("--configfile", "configs/test.yaml") == {}
+    assert planned_jobs("--configfile", *TEST_CONFIG) == {}
 
-    changed = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
-    changed["dpo"]["beta"] = 0.2
-    changed_path = tmp_path / "beta.yaml"
-    changed_path.write_text(yaml.safe_dump(changed, sort_keys=False))  # params compare in key order
-    jobs = planned_jobs("--configfile", str(changed_path))
-    assert jobs == {
-        "dpo_teacher": 2,
-        "synthesize_iteration": 1,  # iteration 2 is written by teacher_1
-        "influence_shard": 2,
-        "gather_influence": 1,
-        "pairs": 1,
-        "synthesize_final": 1,  # montessori only: self_instruct's teacher is untouched
-        "snapshot_config": 1,
-        "sft_student": 1,
-        "alpaca_eval_outputs": 1,
-        "alpaca_eval": 1,  # montessori only: the self_instruct reference answers are unchanged
-        "lm_eval": 1,
-        "mt_bench": 1,
-        "aggregate": 1,
-        "plots": 1,
-        "table1": 1,
-        "all": 1,
-    }
+    def jobs_after(change) -> dict[str, int]:
+        """The jobs a dry run plans after `change(config)` to a copy of configs/test.yaml."""
+        changed = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
+        change(changed)
+        path = tmp_path / "changed.yaml"
+        path.write_text(yaml.safe_dump(changed, sort_keys=False))  # params compare in key order
+        return planned_jobs("--configfile", str(path), TEST_CONFIG[1])
 
+    report = {"snapshot_config": 1, "aggregate": 1, "plots": 1, "table1": 1, "all": 1}
+    # Whose final teacher DPO trained: montessori's and self_reward's loops (iteration 2 is written by teacher_1),
+    # and nothing of self_instruct, strong_teacher or llm2llm (teacher_0 and the API write theirs).
+    evaluated = {"sft_student": 2, "alpaca_eval_outputs": 2, "alpaca_eval": 2, "lm_eval": 2, "mt_bench": 2}
+    assert jobs_after(lambda c: c["dpo"].update(beta=0.2)) == {
+        "dpo_teacher": 2, "synthesize_iteration": 1, "influence_shard": 2, "gather_influence": 1, "pairs": 1,
+        "dpo_self_reward_teacher": 2, "synthesize_self_reward_iteration": 1, "self_reward_judge": 1,
+        "self_reward_pairs": 1, "synthesize_final": 2, **evaluated, **report,
+    }  # fmt: skip
     # The influence mode changes every score, so it reruns influence and everything downstream of it (both
-    # iterations), and nothing upstream: no pool, warm-up or iteration-1 synthesis.
-    changed = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
-    changed["influence"]["mode"] = "exact"
-    changed_path.write_text(yaml.safe_dump(changed, sort_keys=False))
-    assert planned_jobs("--configfile", str(changed_path)) == {
-        "influence_shard": 4,
-        "gather_influence": 2,
-        "pairs": 2,
-        "dpo_teacher": 2,
-        "synthesize_iteration": 1,  # iteration 2 is written by teacher_1
-        "synthesize_final": 1,  # montessori only
-        "snapshot_config": 1,
-        "sft_student": 1,
-        "alpaca_eval_outputs": 1,
-        "alpaca_eval": 1,
-        "lm_eval": 1,
-        "mt_bench": 1,
-        "aggregate": 1,
-        "plots": 1,
-        "table1": 1,
-        "all": 1,
-    }
-
+    # iterations), and nothing upstream (no pool, warm-up or iteration-1 synthesis) or beside it (the baselines).
+    evaluated = {"sft_student": 1, "alpaca_eval_outputs": 1, "alpaca_eval": 1, "lm_eval": 1, "mt_bench": 1}
+    assert jobs_after(lambda c: c["influence"].update(mode="exact")) == {
+        "influence_shard": 4, "gather_influence": 2, "pairs": 2, "dpo_teacher": 2, "synthesize_iteration": 1,
+        "synthesize_final": 1, **evaluated, **report,
+    }  # fmt: skip
+    # A stricter LLM2LLM grader reruns its rounds and what they feed.
+    assert jobs_after(lambda c: c["llm2llm"].update(pass_threshold=0.99)) == {
+        "llm2llm_test": 2, "llm2llm_augment": 2, "llm2llm_train_set": 2, "sft_student": 2, "alpaca_eval_outputs": 1,
+        "alpaca_eval": 1, "lm_eval": 1, "mt_bench": 1, **report,
+    }  # fmt: skip
     # Evaluation jobs hold only the config keys they read: one benchmark's limit reruns that benchmark only, and
     # a new method (teacher_1's student) adds its own jobs without touching the others.
-    report = {"snapshot_config": 1, "aggregate": 1, "plots": 1, "table1": 1, "all": 1}
-    changed = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
-    changed["eval"]["limit"]["arc_challenge"] = 3
-    changed_path.write_text(yaml.safe_dump(changed, sort_keys=False))
-    assert planned_jobs("--configfile", str(changed_path)) == {"lm_eval": 3, **report}
-    changed = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
-    changed["final"]["methods"] = ["self_instruct", "montessori_it1", "montessori"]
-    changed["eval"]["methods"] = ["no_finetune", "self_instruct", "montessori_it1", "montessori"]
-    changed_path.write_text(yaml.safe_dump(changed, sort_keys=False))
-    assert planned_jobs("--configfile", str(changed_path)) == {
+    assert jobs_after(lambda c: c["eval"]["limit"].update(arc_challenge=3)) == {"lm_eval": 6, **report}
+
+    def add_it1(config):
+        config["final"]["methods"].insert(-1, "montessori_it1")
+        config["eval"]["methods"].insert(-1, "montessori_it1")
+
+    assert jobs_after(add_it1) == {
         "synthesize_final": 1, "sft_student": 1, "alpaca_eval_outputs": 1, "alpaca_eval": 1, "lm_eval": 1,
         "mt_bench": 1, **report,
     }  # fmt: skip
 
 
+# Long jobs survive a kill (montessori/progress.py): SIGKILL a synthesis job and an influence shard of the test
+# config's run part way, rerun, and compare with what the uninterrupted run wrote. After the end-to-end test: the
+# forced reruns leave newer files behind, so everything downstream is outdated afterwards.
+
+
+def kill_part_way(workdir, target: str, rule: str, script: str, progress, steps: int) -> None:
+    """Force `rule` to rerun `target` and SIGKILL the job's process once its progress file holds `steps` steps, as
+    a preempted or timed-out cluster job dies; Snakemake then fails the job and removes its output."""
+    printed = open(workdir / f"killed-{rule}.log", "w+")  # noqa: SIM115 (read back below)
+    run = subprocess.Popen(
+        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", *TEST_CONFIG, "--cores", "2",
+         "--forcerun", rule, "--", target],
+        cwd=workdir, stdout=printed, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 900
+    try:
+        while not (progress.exists() and len(progress.read_text().splitlines()) >= 1 + steps):
+            assert run.poll() is None, f"{rule} finished before it saved {steps} step(s)"
+            assert time.monotonic() < deadline, f"{rule} saved no progress in 15 min"
+            time.sleep(0.05)
+        (job,) = [p for p in psutil.Process(run.pid).children(recursive=True) if script in " ".join(p.cmdline())]
+        job.send_signal(signal.SIGKILL)
+        run.wait(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        printed.seek(0)
+        output = printed.read()
+        printed.close()
+    assert run.returncode != 0, output
+    assert not (workdir / target).exists(), "Snakemake keeps the output of a killed job"
+
+
+@pytest.mark.e2e
+def test_a_killed_synthesis_replays_its_saved_rounds_and_writes_what_an_uninterrupted_run_wrote(test_config_run):
+    workdir, results = test_config_run
+    target = "results/test/iter1/candidates.parquet"
+    uninterrupted = pd.read_parquet(workdir / target)
+    first_log = (results / "logs/synthesize_iteration/iter1.log").read_text()
+    progress = results / "progress/synthesize_iteration/iter1.jsonl"
+    kill_part_way(workdir, target, "synthesize_iteration", ".synthesize.py", progress, steps=1)
+    saved_rows = len(json.loads(progress.read_text().splitlines()[1]))
+
+    run_snakemake(workdir, "--configfile", *TEST_CONFIG, "--cores", "2", "--", target)
+    pd.testing.assert_frame_equal(pd.read_parquet(workdir / target), uninterrupted)
+    log = (results / "logs/synthesize_iteration/iter1.log").read_text()
+    assert "resuming after 1 saved step(s)" in log
+    # The teacher was asked only for the rounds after the saved one: one round fewer than uninterrupted.
+    rounds = log.count("INFO montessori.synthesize: iter1: ")
+    assert rounds == first_log.count("INFO montessori.synthesize: iter1: ") - 1
+    assert 0 < saved_rows < len(uninterrupted)
+    assert not progress.exists()  # a finished job removes its progress
+
+
+@pytest.mark.e2e
+def test_a_killed_influence_shard_scores_only_the_candidates_it_had_not_saved(test_config_run):
+    workdir, results = test_config_run
+    target = "results/test/iter2/influence/1-of-2.parquet"
+    uninterrupted = pd.read_parquet(workdir / target)
+    progress = results / "progress/influence_shard/iter2-1-of-2.jsonl"
+    kill_part_way(workdir, target, "influence_shard", ".influence_shard.py", progress, steps=1)
+    saved = json.loads(progress.read_text().splitlines()[1])
+
+    run_snakemake(workdir, "--configfile", *TEST_CONFIG, "--cores", "2", "--", target)
+    pd.testing.assert_frame_equal(pd.read_parquet(workdir / target), uninterrupted)
+    log = (results / "logs/influence_shard/iter2-1-of-2.log").read_text()
+    assert "resuming after 1 saved step(s)" in log
+    assert f"'resumed': {len(saved)}," in log and len(saved) < len(uninterrupted)
+    assert not progress.exists()
+
+
 def test_a_benchmarks_own_judge_reruns_only_that_benchmark(tmp_path):
     """On finished outputs (empty stand-ins marked done by --touch, so Snakemake records their params), a change
     to eval.mt_bench.judge reruns the MT-Bench jobs only, one to eval.judge both judged benchmarks."""
-    for name in ("data", "resources", "config.yaml"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    workdir = [*SNAKEMAKE[:3], "--directory", str(tmp_path), *SNAKEMAKE[5:]]
+    workdir = make_workdir(tmp_path)
 
     def run(*args: str) -> str:
-        result = subprocess.run([*workdir, *args], capture_output=True, text=True, cwd=tmp_path)
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
+        return run_snakemake(workdir, *args).stdout
 
     for line in run("-n").splitlines():
         if line.startswith("    output: "):
@@ -265,10 +344,10 @@ def test_a_benchmarks_own_judge_reruns_only_that_benchmark(tmp_path):
     run("--touch", "--cores", "1", "--forcerun", "alpaca_eval", "mt_bench", "snapshot_config", "--quiet")
     assert "Nothing to be done" in run("-n")
 
-    def jobs_after(change: dict) -> dict[str, int]:
+    def jobs_after(change: dict, top: str = "eval") -> dict[str, int]:
         changed = yaml.safe_load((ROOT / "config.yaml").read_text())
         for section, value in change.items():
-            changed["eval"].setdefault(section, {}).update(value)
+            changed.setdefault(top, {}).setdefault(section, {}).update(value)
         path = tmp_path / "changed.yaml"
         path.write_text(yaml.safe_dump(changed, sort_keys=False))
         out = run("-n", "--quiet", "rules", "--configfile", str(path))
@@ -280,3 +359,7 @@ def test_a_benchmarks_own_judge_reruns_only_that_benchmark(tmp_path):
     assert jobs_after({"mt_bench": {"judge": {"max_tokens": 64}}}) == {"mt_bench": 3, **report}
     assert jobs_after({"alpaca_eval": {"judge": {"temperature": 0.5}}}) == {"alpaca_eval": 3, **report}
     assert jobs_after({"judge": {"concurrency": 2}}) == {"alpaca_eval": 3, "mt_bench": 3, **report}
+    # The judge's chat format renders the judged prompts only: the students and their answers stay.
+    assert jobs_after({"chat_template": {"judge": "chatml"}}, top="models") == {
+        "alpaca_eval": 3, "mt_bench": 3, **report
+    }  # fmt: skip

@@ -1,5 +1,6 @@
 """Warm-up and exact influence in 2 processes (FSDP2 over gloo, montessori.sharding) against one process."""
 
+import os
 import shutil
 import time
 
@@ -16,9 +17,8 @@ from montessori.influence_modes import check_processes, run_shard
 from montessori.launch import run_stage
 from montessori.pairs import pairable
 from montessori.student import collate, encode_example, example_losses, load_model, load_optimizer
-from tests.conftest import ROOT, TOY_EXAMPLES
+from tests.conftest import ROOT, TOY_EXAMPLES, make_workdir, run_snakemake
 from tests.test_influence import CANDIDATES, REFERENCES
-from tests.test_pipeline import snakemake
 
 MAX_LENGTH = 80
 # 7 examples in batches of 3: the last batch has one example, so rank 1 takes a zero-weight step.
@@ -35,6 +35,7 @@ CFG = {
     "reference_batch_size": 2,
     "candidate_batch_size": 2,
     "validate": 0,
+    "save_every": 1,
 }
 LOSS_COLUMNS = ["loss_before", "loss_null_step", "loss_after"]
 INFLUENCE_COLUMNS = ["influence_before_step", "influence_null_step", "influence"]
@@ -137,7 +138,7 @@ def scores(warm):
             log_path=root / f"influence{processes}.log",
         )
         SECONDS[f"influence {processes}"] = time.perf_counter() - started
-        assert summary == {"candidates": 4, "processes": processes}
+        assert summary == {"candidates": 4, "resumed": 0, "processes": processes}
         frames[processes] = pd.read_parquet(out)
     return frames
 
@@ -186,20 +187,29 @@ def test_first_order_in_several_processes_fails_before_any_work(monkeypatch, tmp
 
 
 @pytest.mark.e2e
-def test_two_process_jobs_through_the_snakemake_rules(tmp_path):
+def test_two_process_jobs_through_the_snakemake_rules(test_config_run, tmp_path):
     """The test config's warm-up and exact influence shards as 2-process jobs (`cpu_processes=2`) through the
-    rules, on the real SmolLM2 student; the gathered scores equal a one-process scoring of the same shards."""
+    rules, on the real SmolLM2 student and the test config run's own candidates; the gathered scores equal a
+    one-process scoring of the same shards."""
     config = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
-    config["experiment"] = "test-2proc-rules"  # not test-2proc: tests/test_job_resources.py uses that one
+    config["experiment"] = "test-2proc-rules"
     config["influence"].update(mode="exact", validate=0)  # first_order runs in one process only
     config_path = tmp_path / "two_processes.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    results = ROOT / "results" / "test-2proc-rules"
-    shutil.rmtree(results, ignore_errors=True)
-    snakemake(
-        "results/test-2proc-rules/iter1/influence.parquet", "--configfile", str(config_path), "--cores", "2",
+    workdir = make_workdir(tmp_path / "work")
+    results = workdir / "results" / "test-2proc-rules"
+    # The slice's inputs from the finished run, in the order their jobs wrote them: without Snakemake's records,
+    # only their modification times could make Snakemake redo them.
+    _, finished = test_config_run
+    for step, relative in enumerate(("pool/seeds.parquet", "warmup/candidates.parquet", "iter1/candidates.parquet")):
+        (results / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(finished / relative, results / relative)
+        os.utime(results / relative, (time.time() - 100 + step, time.time() - 100 + step))
+    run_snakemake(
+        workdir, "results/test-2proc-rules/iter1/influence.parquet", "--configfile", str(config_path), "--cores", "2",
         "--set-resources", "warmup_student:cpu_processes=2", "influence_shard:cpu_processes=2",
     )  # fmt: skip
+    assert not (results / "logs/synthesize_iteration").exists()  # the run's candidates were used
 
     assert "launching warm_up in 2 processes" in (results / "logs/warmup_student.log").read_text()
     for shard in (1, 2):

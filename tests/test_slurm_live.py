@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from montessori.synthesize import COLUMNS
-from tests.conftest import ROOT, TOY_EXAMPLES
+from tests.conftest import ROOT, TOY_EXAMPLES, make_workdir
 from tests.slurm import check_profile
 
 CONFIG = ROOT / "configs/slurm_test.yaml"
@@ -167,10 +167,7 @@ def sbatch_comments(record: Path) -> list[str]:
 
 
 def test_a_cancelled_influence_shard_is_all_a_rerun_redoes(slurm, tiny_model_dir, tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    for name in ("data", "resources", "config.yaml"):
-        (work / name).symlink_to(ROOT / name)
+    work = make_workdir(tmp_path / "work")
     results = work / "results" / EXPERIMENT
     # --snakefile last: --configfile would take the targets that follow for config files.
     local = [sys.executable, "-m", "snakemake", "--configfile", str(CONFIG), "--directory", str(work),
@@ -262,9 +259,11 @@ def _cancel_leftovers(tmp_path):
 
 def test_the_cluster_profile_retries_exactly_its_gpu_rules():
     """Every rule the profile sends to the GPU partition is resubmitted after a failure (preemption, a lost node);
-    the CPU jobs are not. Snakemake takes `preemptible-retries` as those rules' retry count under any executor
+    the short CPU jobs are not. Snakemake takes `preemptible-retries` as those rules' retry count under any executor
     (Rule.restart_times); the live test above sees the plugin resubmit a cancelled shard that many times."""
     profile = yaml.safe_load(PROFILE.read_text())
     gpu_rules = {rule for rule, res in profile["set-resources"].items() if res.get("slurm_partition") == "gpu"}
-    assert set(profile["preemptible-rules"]) == gpu_rules
+    # And the strong teacher's synthesis, a CPU job of a day of API requests: an outage or a preempted node
+    # should not end the run (its cached requests make the retry cheap).
+    assert set(profile["preemptible-rules"]) == gpu_rules | {"synthesize_strong_teacher"}
     assert profile["preemptible-retries"] >= 1 and "retries" not in profile

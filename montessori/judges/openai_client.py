@@ -31,7 +31,9 @@ def parse_chat_completion(response: Any) -> Judgment:
 
 class OpenAIBackend:
     """Chat completions from an OpenAI-compatible endpoint, `concurrency` requests in flight. `extra_body` holds
-    request fields outside OpenAI's API that the endpoint understands (vLLM's `stop_token_ids`, for one)."""
+    request fields outside OpenAI's API that the endpoint understands (vLLM's `stop_token_ids`, for one). `role`
+    names the endpoint in errors and logs (a judge; the strong teacher of montessori.api_teacher), and
+    `config_key` the config section that sets its timeouts and retries."""
 
     def __init__(
         self,
@@ -45,9 +47,13 @@ class OpenAIBackend:
         concurrency: int,
         use_proxy_env: bool = True,
         extra_body: Mapping[str, Any] | None = None,
+        role: str = "judge",
+        config_key: str = "judge",
     ):
         import openai
 
+        self.role = role
+        self.config_key = config_key
         self.model = model
         self.endpoint = f"{base_url} (model {model})"
         self.api_key_env = api_key_env
@@ -66,41 +72,57 @@ class OpenAIBackend:
             http_client=openai.DefaultHttpxClient(trust_env=use_proxy_env),
         )
 
-    def _request(self, messages: Messages, params: Params) -> Judgment:
+    def create(self, messages: Messages, **options: Any) -> Any:
+        """One chat completion request with these OpenAI API fields, its failures sorted into TransientError
+        (worth repeating) and JudgeError (not); no retries here."""
         import openai
 
-        options: dict[str, Any] = {}
-        if params.top_logprobs:
-            options = {"logprobs": True, "top_logprobs": params.top_logprobs}
         if self.extra_body:
             options["extra_body"] = self.extra_body
         try:
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=messages,
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                **options,
-            )
+            return self.client.chat.completions.create(model=self.model, messages=messages, **options)
         except openai.APIStatusError as e:
             if e.status_code in TRANSIENT_STATUSES or e.status_code >= 500:
                 raise TransientError(f"HTTP {e.status_code}: {e.message}") from e
             hint = f" (is ${self.api_key_env} set to a valid key?)" if e.status_code in (401, 403) else ""
             raise JudgeError(
-                f"judge {self.endpoint} refused the request: HTTP {e.status_code}: {e.message}{hint}"
+                f"{self.role} {self.endpoint} refused the request: HTTP {e.status_code}: {e.message}{hint}"
             ) from e
         except openai.APITimeoutError as e:
-            raise TransientError(f"no answer within {self.timeout_seconds} s (judge.timeout_seconds)") from e
+            raise TransientError(
+                f"no answer within {self.timeout_seconds} s ({self.config_key}.timeout_seconds)"
+            ) from e
         except openai.APIConnectionError as e:
             raise TransientError(f"connection failed: {e}") from e
         except (openai.APIResponseValidationError, ValueError) as e:
             raise TransientError(f"invalid response: {e}") from e
-        return parse_chat_completion(response)
+
+    def retried(self, messages: Messages, **options: Any) -> Any:
+        """`create`, repeated with backoff while it fails transiently; JudgeUnavailable when it never succeeds."""
+        return call_with_retries(
+            lambda: self.create(messages, **options),
+            self.endpoint,
+            self.max_retries,
+            self.backoff_seconds,
+            self.role,
+            self.config_key,
+        )
+
+    def _request(self, messages: Messages, params: Params) -> Judgment:
+        options: dict[str, Any] = {"max_tokens": params.max_tokens, "temperature": params.temperature}
+        if params.top_logprobs:
+            options.update(logprobs=True, top_logprobs=params.top_logprobs)
+        return parse_chat_completion(self.create(messages, **options))
 
     def chat(self, messages: Messages, params: Params) -> Judgment:
         """One chat completion, retried while it fails transiently; JudgeUnavailable when it never succeeds."""
         return call_with_retries(
-            lambda: self._request(messages, params), self.endpoint, self.max_retries, self.backoff_seconds
+            lambda: self._request(messages, params),
+            self.endpoint,
+            self.max_retries,
+            self.backoff_seconds,
+            self.role,
+            self.config_key,
         )
 
     def complete(self, conversations: list[Messages], params: Params) -> Iterator[tuple[int, Judgment]]:

@@ -18,8 +18,16 @@ class TransientError(Exception):
     """A failure that may go away when the request is repeated."""
 
 
-def call_with_retries(call: Callable[[], T], endpoint: str, max_retries: int, backoff_seconds: float) -> T:
-    """`call()`, repeated after backoff_seconds * 2**k while it fails transiently, at most max_retries times."""
+def call_with_retries(
+    call: Callable[[], T],
+    endpoint: str,
+    max_retries: int,
+    backoff_seconds: float,
+    role: str = "judge",
+    config_key: str = "judge",
+) -> T:
+    """`call()`, repeated after backoff_seconds * 2**k while it fails transiently, at most max_retries times;
+    `role` names the endpoint in the log and the error (a judge, a teacher), `config_key` its config section."""
     last: TransientError | None = None
     for attempt in range(max_retries + 1):
         if attempt:
@@ -28,7 +36,8 @@ def call_with_retries(call: Callable[[], T], endpoint: str, max_retries: int, ba
             return call()
         except TransientError as e:
             last = e
-            log.warning("judge %s: attempt %d of %d failed: %s", endpoint, attempt + 1, max_retries + 1, e)
+            log.warning("%s %s: attempt %d of %d failed: %s", role, endpoint, attempt + 1, max_retries + 1, e)
     raise JudgeUnavailable(
-        f"judge {endpoint} failed {max_retries + 1} attempts (judge.max_retries={max_retries}); last error: {last}"
+        f"{role} {endpoint} failed {max_retries + 1} attempts ({config_key}.max_retries={max_retries}); "
+        f"last error: {last}"
     )
