@@ -27,9 +27,8 @@ from typing import Any
 from tqdm import tqdm
 
 from montessori.generate import Completion, Conversation, Sampling, check_conversations
-from montessori.judges.base import JudgeUnavailable
 from montessori.judges.cache import RecordCache
-from montessori.judges.retries import TransientError
+from montessori.judges.retries import TransientError, call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +96,13 @@ class APIGenerator:
         if stop.is_set():
             return None
         options = {k: request[k] for k in ("temperature", "top_p", "presence_penalty", "max_tokens", "seed")}
+        client = self.client
         try:
-            return completion_record(self.client.retried(request["messages"], n=1, **options))
-        except TransientError as e:
-            stop.set()
-            raise JudgeUnavailable(f"teacher {self.client.endpoint}: {e}") from e
+            # A malformed answer is retried like a failed request.
+            return call_with_retries(
+                lambda: completion_record(client.create(request["messages"], n=1, **options)),
+                client.endpoint, client.max_retries, client.backoff_seconds, client.role, client.config_key,
+            )  # fmt: skip
         except BaseException:
             stop.set()
             raise

@@ -81,7 +81,7 @@ def run_shard(
     candidates, references = pd.read_parquet(candidates), pd.read_parquet(references)
 
     def score(first_rank: bool) -> tuple[pd.DataFrame, int]:
-        saved, file = SavedLosses(every=cfg["save_every"]), None
+        saved = SavedLosses(every=cfg["save_every"])
         if progress is not None and first_rank:
             file = ProgressFile(progress["path"], progress["digest"])
             saved.done = {cid: loss for step in file.steps for cid, loss in step.items()}

@@ -10,10 +10,12 @@ teacher's final set (self_instruct's train.parquet), and S_1 the student trained
      judge that does not answer in one word still decides. The student passes when P(correct) among the two
      exceeds `llm2llm.pass_threshold` (0.5: "correct" is the likelier) and fails otherwise, as an answer LLM2LLM
      cannot match counts as wrong.
-  2. augment: for every failed example the teacher writes one new instruction that practises the same skill
-     (prompts/llm2llm/augment.txt shows it the failed instruction), filtered like every synthesis (including
-     ROUGE-L novelty against all of D_{i-1}), and answers it.
-  3. D_i = D_{i-1} + the usable new examples; S_{i+1} is the student trained from scratch on D_i.
+  2. augment: for every failed example the teacher writes one new example that practises the same skill
+     (prompts/llm2llm/augment.txt shows it the failed instruction): it samples synthesis.candidates_per_prompt
+     instructions, filtered like every synthesis (including ROUGE-L novelty against all of D_{i-1}), answers the
+     accepted ones, and the first usable one is the new example. (LLM2LLM's API teacher writes one that passes
+     almost always; sampling a few keeps a small teacher, which fails the format often, from writing none.)
+  3. D_i = D_{i-1} + the new examples; S_{i+1} is the student trained from scratch on D_i.
 As in LLM2LLM, only D_0's examples are tested, never augmented ones (which keeps later rounds from drifting away
 from the seed data), and the teacher is never trained. The final set of `llm2llm` is D_K; `llm2llm_itI` is D_I.
 """
@@ -40,8 +42,8 @@ def grade_messages(template: str, instruction: str, reference: str, answer: str)
 
 
 def verdict(probabilities: dict[str, float], threshold: float = 0.5) -> tuple[str | None, float]:
-    """"correct" when the judge's (normalised) first-token P(correct) exceeds `threshold`, else "incorrect"; with
-    P(correct). (None, NaN) without any probability."""
+    """The verdict ("correct" when the judge's normalised first-token P(correct) exceeds `threshold`, else
+    "incorrect") with P(correct); (None, NaN) without any probability."""
     if not probabilities:
         return None, float("nan")
     p_correct = probabilities[CORRECT]
@@ -96,18 +98,25 @@ def augment(
     batch_size: int,
     seed: int,
 ) -> pd.DataFrame:
-    """The teacher's new examples, one prompt per failed example (`failed`: rows of D_0 with their seed_ids):
-    candidates.parquet's columns plus `augmented_from`, the failed example's candidate_id. New instructions must
-    be novel against every instruction of `train` (D_{i-1}) and against their failed example."""
+    """The teacher's candidates, one prompt of synthesis.candidates_per_prompt samples per failed example (`failed`:
+    rows of D_0 with their seed_ids): candidates.parquet's columns plus `augmented_from`, the failed example's
+    candidate_id. New instructions must be novel against every instruction of `train` (D_{i-1}) and against their
+    failed example."""
     plan = SynthesisPlan(
-        stage=f"llm2llm-iter{iteration}", iteration=iteration, candidates_per_prompt=1, n_examples=max(len(failed), 1)
+        stage=f"llm2llm-iter{iteration}",
+        iteration=iteration,
+        candidates_per_prompt=synthesis["candidates_per_prompt"],
+        n_examples=max(len(failed), 1),
     )
     no_seeds = pd.DataFrame({"seed_text": [], "seed_id": []})
     job = Synthesis(generator, no_seeds, plan, synthesis, prompt, batch_size, seed)
     state = job.new_state()
     state.rouge.remember(train["instruction"].tolist())
     rows = job.ask(state, [[text] for text in failed["instruction"]]) if len(failed) else []
-    for row, parent in zip(rows, failed.itertuples(index=False)):
+    # The prompts are the failed examples', in order; each of a prompt's samples descends from its failure.
+    parents = dict(zip(dict.fromkeys(row["prompt_id"] for row in rows), failed.itertuples(index=False)))
+    for row in rows:
+        parent = parents[row["prompt_id"]]
         row.update(seed_ids=list(parent.seed_ids), augmented_from=parent.candidate_id)
     candidates = job.frame(state)
     candidates["augmented_from"] = [row["augmented_from"] for row in rows]
@@ -115,10 +124,11 @@ def augment(
 
 
 def grown_set(previous: pd.DataFrame, candidates: pd.DataFrame, training_columns: list[str]) -> pd.DataFrame:
-    """D_i: D_{i-1} followed by the usable new examples, each with the example it was written from."""
+    """D_i: D_{i-1} followed by one new example per failed example that got a usable one (its first), each with
+    the example it was written from."""
     previous = previous.copy()
     if "augmented_from" not in previous.columns:
         previous["augmented_from"] = None
-    new = candidates[candidates["verdict"] == "ok"]
+    new = candidates[candidates["verdict"] == "ok"].groupby("augmented_from", sort=False).head(1)
     columns = [*training_columns, "augmented_from"]
     return pd.concat([previous[columns], new[columns]], ignore_index=True)

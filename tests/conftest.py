@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_CACHE = Path(os.environ.get("MONTESSORI_TEST_CACHE", Path.home() / ".cache" / "montessori" / "tests"))
 MODELS = TEST_CACHE / "resources" / "models"
 # The checkout's workflow, run in a working directory of the test's own (`--directory`).
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--show-failed-logs"]
 
 
 def make_workdir(path: Path) -> Path:
@@ -33,9 +33,11 @@ def make_workdir(path: Path) -> Path:
 @functools.cache
 def shared_workdir() -> Path:
     """The working directory (make_workdir) of this test session's pipeline runs: each runs its own experiment,
-    and they share the DuckDB file results/montessori.duckdb as a user's experiments do. Removed at exit."""
+    and they share the DuckDB file results/montessori.duckdb as a user's experiments do. Removed at exit, unless
+    MONTESSORI_KEEP_TEST_RUNS is set (to look into a failed run)."""
     path = Path(tempfile.mkdtemp(prefix="montessori-tests-"))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    if not os.environ.get("MONTESSORI_KEEP_TEST_RUNS"):
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
     return make_workdir(path / "work")
 
 

@@ -1,7 +1,6 @@
 """Each job's GPUs and processes as Snakemake plans them and as Slurm would get them; DPO and SFT in 2 processes
 through their rules."""
 
-
 import pytest
 import yaml
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command

