@@ -13,8 +13,9 @@ teacher's final set (self_instruct's train.parquet), and S_1 the student trained
   2. augment: for every failed example the teacher writes one new example that practises the same skill
      (prompts/llm2llm/augment.txt shows it the failed instruction): it samples synthesis.candidates_per_prompt
      instructions, filtered like every synthesis (including ROUGE-L novelty against all of D_{i-1}), answers the
-     accepted ones, and the first usable one is the new example. (LLM2LLM's API teacher writes one that passes
-     almost always; sampling a few keeps a small teacher, which fails the format often, from writing none.)
+     accepted ones, and the first usable one is the new example; a failure left without one is prompted again,
+     up to synthesis.max_prompts_factor times. (LLM2LLM's API teacher writes one that passes almost always;
+     sampling and retrying keeps a small teacher, which fails the format often, from writing none.)
   3. D_i = D_{i-1} + the new examples; S_{i+1} is the student trained from scratch on D_i.
 As in LLM2LLM, only D_0's examples are tested, never augmented ones (which keeps later rounds from drifting away
 from the seed data), and the teacher is never trained. The final set of `llm2llm` is D_K; `llm2llm_itI` is D_I.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from montessori.filters import OK
 from montessori.generate import Generator, Sampling
 from montessori.prompts import TeacherPrompt
 from montessori.synthesize import COLUMNS, Synthesis, SynthesisPlan
@@ -98,28 +100,39 @@ def augment(
     batch_size: int,
     seed: int,
 ) -> pd.DataFrame:
-    """The teacher's candidates, one prompt of synthesis.candidates_per_prompt samples per failed example (`failed`:
-    rows of D_0 with their seed_ids): candidates.parquet's columns plus `augmented_from`, the failed example's
-    candidate_id. New instructions must be novel against every instruction of `train` (D_{i-1}) and against their
-    failed example."""
+    """The teacher's candidates for the failed examples (`failed`: rows of D_0 with their seed_ids):
+    candidates.parquet's columns plus `augmented_from`, the failed example's candidate_id.
+
+    Each round prompts once (synthesis.candidates_per_prompt samples) for every failed example that has no usable
+    new example yet, until each has one or has had synthesis.max_prompts_factor prompts (the budget a synthesis
+    allows per example). New instructions must be novel against every instruction of `train` (D_{i-1}) and
+    against their failed example."""
+    budget = synthesis.get("max_prompts_factor", SynthesisPlan.max_prompts_factor)
     plan = SynthesisPlan(
         stage=f"llm2llm-iter{iteration}",
         iteration=iteration,
         candidates_per_prompt=synthesis["candidates_per_prompt"],
         n_examples=max(len(failed), 1),
+        max_prompts_factor=budget,
     )
     no_seeds = pd.DataFrame({"seed_text": [], "seed_id": []})
     job = Synthesis(generator, no_seeds, plan, synthesis, prompt, batch_size, seed)
     state = job.new_state()
     state.rouge.remember(train["instruction"].tolist())
-    rows = job.ask(state, [[text] for text in failed["instruction"]]) if len(failed) else []
-    # The prompts are the failed examples', in order; each of a prompt's samples descends from its failure.
-    parents = dict(zip(dict.fromkeys(row["prompt_id"] for row in rows), failed.itertuples(index=False)))
-    for row in rows:
-        parent = parents[row["prompt_id"]]
-        row.update(seed_ids=list(parent.seed_ids), augmented_from=parent.candidate_id)
+    pending = list(failed.itertuples(index=False))
+    for _ in range(budget):
+        if not pending:
+            break
+        rows = job.ask(state, [[parent.instruction] for parent in pending])
+        # A round's prompts are its pending examples', in order; each of a prompt's samples descends from its one.
+        parents = dict(zip(dict.fromkeys(row["prompt_id"] for row in rows), pending))
+        for row in rows:
+            parent = parents[row["prompt_id"]]
+            row.update(seed_ids=list(parent.seed_ids), augmented_from=parent.candidate_id)
+        helped = {row["augmented_from"] for row in rows if row["verdict"] == OK}
+        pending = [parent for parent in pending if parent.candidate_id not in helped]
     candidates = job.frame(state)
-    candidates["augmented_from"] = [row["augmented_from"] for row in rows]
+    candidates["augmented_from"] = [row["augmented_from"] for row in state.rows]
     return candidates[[*COLUMNS, "augmented_from"]]
 
 

@@ -1,5 +1,5 @@
 """The LLM2LLM baseline's grading, augmentation and growing set (montessori.llm2llm), with a scripted teacher; its
-rules run in the baselines' end-to-end test (tests/test_baselines.py)."""
+rules run in the end-to-end test of configs/test.yaml (tests/test_pipeline.py)."""
 
 import math
 
@@ -42,32 +42,48 @@ def test_an_answer_fails_unless_the_grader_says_correct():
     assert tests["answer_finish_reason"].tolist() == ["stop", "stop", "length"]
 
 
-def test_the_teacher_writes_one_example_per_failure_and_the_set_grows_by_the_usable_ones():
-    synthesis = {**validate_config({})["synthesis"], "candidates_per_prompt": 2}
+def test_the_teacher_writes_one_example_per_failure_retrying_within_the_budget_and_the_set_grows_by_them():
+    synthesis = {**validate_config({})["synthesis"], "candidates_per_prompt": 2, "max_prompts_factor": 3}
     prompt = TeacherPrompt(
         instruction=load_text("llm2llm", "augment.txt", ("{examples}",), "llm2llm.prompt"),
         response=load_prompt("reference")["response"],
     )
-    failed = SEED_SET.iloc[1:][["candidate_id", "instruction", "seed_ids"]]
+    failed = SEED_SET[["candidate_id", "instruction", "seed_ids"]]
     samples = {
-        # Two usable samples: the first is the new example.
-        "What is 17 times 3?": ["<instruction>What is 23 times 4 (show the steps)?</instruction>",
-                                "<instruction>Divide 96 by 8 and explain each step.</instruction>"],
-        # Copies of its failed example, which is in the set already: the novelty filter rejects both, none is added.
-        "Write a haiku about rain.": ["<instruction>Write a haiku about rain.</instruction>"] * 2,
+        # Never in the format: prompted in every one of the 3 rounds the budget allows, no example.
+        "Name three rivers in Africa.": [["No tags here."] * 2] * 3,
+        # Two usable samples in round 1: the first is the new example, and it is not prompted again.
+        "What is 17 times 3?": [["<instruction>What is 23 times 4 (show the steps)?</instruction>",
+                                 "<instruction>Divide 96 by 8 and explain each step.</instruction>"]],
+        # Round 1: copies of its failed example, which is in the set already (the novelty filter rejects both);
+        # round 2: a usable one.
+        "Write a haiku about rain.": [["<instruction>Write a haiku about rain.</instruction>"] * 2,
+                                      ["<instruction>Write a limerick about a cat who sails.</instruction>", "x"]],
     }  # fmt: skip
     seen = []
 
     def script(k, prompt):
-        seen.append(prompt)
-        return next(texts[k % 2] for failed_text, texts in samples.items() if failed_text in prompt)
+        failed_text = next(text for text in samples if text in prompt)
+        seen.append(failed_text)
+        return samples[failed_text][(seen.count(failed_text) - 1) // 2][k % 2]
 
     candidates = augment(ScriptedTeacher(script), failed, SEED_SET, prompt, synthesis, 1, 8, 0)
-    assert len(seen) == 4 and "A student could not handle this instruction" in seen[0]
-    assert candidates["augmented_from"].tolist() == ["final-p00001-c0"] * 2 + ["final-p00002-c0"] * 2
-    assert candidates["verdict"].tolist() == ["ok", "ok", "similar_to_accepted", "similar_to_accepted"]
-    assert candidates["seed_ids"].map(list).tolist() == [["s3"], ["s3"], ["s4"], ["s4"]]  # the failures' lineage
+    assert seen.count("Name three rivers in Africa.") == 6 and seen.count("What is 17 times 3?") == 2
+    assert seen.count("Write a haiku about rain.") == 4
+    by_failure = candidates.groupby("augmented_from", sort=False)["verdict"].apply(list).to_dict()
+    assert by_failure == {
+        "final-p00000-c0": ["no_instruction"] * 6,
+        "final-p00001-c0": ["ok", "ok"],
+        "final-p00002-c0": ["similar_to_accepted", "similar_to_accepted", "ok", "no_instruction"],
+    }
+    assert candidates["candidate_id"].is_unique
+    lineage = candidates.drop_duplicates("augmented_from").set_index("augmented_from")["seed_ids"].map(list)
+    assert lineage.to_dict() == {"final-p00000-c0": ["s1", "s2"], "final-p00001-c0": ["s3"],
+                                 "final-p00002-c0": ["s4"]}  # fmt: skip
     assert set(candidates["stage"]) == {"llm2llm-iter1"} and set(candidates["iteration"]) == {1}
     grown = grown_set(SEED_SET, candidates, TRAINING_COLUMNS)
-    assert len(grown) == 4 and grown["augmented_from"].tolist() == [None, None, None, "final-p00001-c0"]
-    assert grown["instruction"].iloc[-1] == "What is 23 times 4 (show the steps)?"
+    assert grown["augmented_from"].tolist() == [None, None, None, "final-p00001-c0", "final-p00002-c0"]
+    assert grown["instruction"].iloc[-2:].tolist() == [
+        "What is 23 times 4 (show the steps)?",
+        "Write a limerick about a cat who sails.",
+    ]

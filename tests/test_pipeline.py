@@ -192,8 +192,10 @@ def test_end_to_end_on_the_test_config(test_config_run, tmp_path):
     assert list(tests["candidate_id"]) == list(self_instruct["candidate_id"]) and tests["failed"].any()
     written = pd.read_parquet(results / "llm2llm/iter1/candidates.parquet")
     assert set(written["augmented_from"]) == set(tests.loc[tests["failed"], "candidate_id"])
-    # One new example per failure that got a usable sample: the first one.
+    # One new example per failure that got a usable sample (the first one); SmolLM2 seldom writes one (this config
+    # measured 1 of 2 failures helped, after 184 samples in all), but the lineage below needs one.
     helped = written.loc[written["verdict"] == "ok", "augmented_from"].nunique()
+    assert helped >= 1
     grown = pd.read_parquet(results / "final/llm2llm/train.parquet")
     assert len(grown) == len(self_instruct) + helped and grown["augmented_from"].count() == helped
     # The strong teacher wrote through the server, and every completion it paid for is in the request cache.

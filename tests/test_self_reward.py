@@ -1,5 +1,5 @@
-"""The Self-Reward baseline's scores and pairs (montessori.self_reward); its rules run in the baselines' end-to-end
-test (tests/test_baselines.py)."""
+"""The Self-Reward baseline's scores and pairs (montessori.self_reward); its rules run in the end-to-end test of
+configs/test.yaml (tests/test_pipeline.py)."""
 
 import math
 
