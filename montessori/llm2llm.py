@@ -107,7 +107,7 @@ def augment(
     new example yet, until each has one or has had synthesis.max_prompts_factor prompts (the budget a synthesis
     allows per example). New instructions must be novel against every instruction of `train` (D_{i-1}) and
     against their failed example."""
-    budget = synthesis.get("max_prompts_factor", SynthesisPlan.max_prompts_factor)
+    budget = synthesis["max_prompts_factor"]
     plan = SynthesisPlan(
         stage=f"llm2llm-iter{iteration}",
         iteration=iteration,
@@ -142,6 +142,6 @@ def grown_set(previous: pd.DataFrame, candidates: pd.DataFrame, training_columns
     previous = previous.copy()
     if "augmented_from" not in previous.columns:
         previous["augmented_from"] = None
-    new = candidates[candidates["verdict"] == "ok"].groupby("augmented_from", sort=False).head(1)
+    new = candidates[candidates["verdict"] == OK].groupby("augmented_from", sort=False).head(1)
     columns = [*training_columns, "augmented_from"]
     return pd.concat([previous[columns], new[columns]], ignore_index=True)
