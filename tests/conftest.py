@@ -1,10 +1,12 @@
 import atexit
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +19,33 @@ TEST_CACHE = Path(os.environ.get("MONTESSORI_TEST_CACHE", Path.home() / ".cache"
 MODELS = TEST_CACHE / "resources" / "models"
 # The checkout's workflow, run in a working directory of the test's own (`--directory`).
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--show-failed-logs"]
+
+
+# The code that builds the cached models: the cache is reused only while it is unchanged.
+MODEL_CODE = (
+    "rules/models.smk",
+    "scripts/build_model.py",
+    "montessori/models.py",
+    "montessori/model_names.py",
+    "montessori/chat_format.py",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache_of_this_checkout() -> None:
+    """The model cache, as this checkout's code builds it. Models built by other code are removed (the tests
+    rebuild them); models built by the same code are dated now. Snakemake redoes an output older than its rule's
+    script, and a fresh clone's scripts are newer than any cache: without this, a run in a test would rebuild
+    the model and every job after it, though the test seeded those jobs' outputs."""
+    digest = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in MODEL_CODE)).hexdigest()
+    stamp = MODELS / ".built-by"
+    if MODELS.exists() and (not stamp.exists() or stamp.read_text() != digest):
+        shutil.rmtree(MODELS)
+    MODELS.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
+    now = time.time()
+    for path in MODELS.rglob("*"):
+        os.utime(path, (now, now))
 
 
 def make_workdir(path: Path) -> Path:

@@ -199,8 +199,7 @@ def test_two_process_jobs_through_the_snakemake_rules(test_config_run, tmp_path)
     workdir = make_workdir(tmp_path / "work")
     results = workdir / "results" / "test-2proc-rules"
     # The slice's inputs from the finished run, in the order their jobs wrote them: without Snakemake's records,
-    # only their modification times could make Snakemake redo them. Only the slice's rules may run, so the
-    # copies stand for their inputs even where the shared model cache is older than a fresh clone's scripts.
+    # only their modification times could make Snakemake redo them.
     _, finished = test_config_run
     for step, relative in enumerate(("pool/seeds.parquet", "warmup/candidates.parquet", "iter1/candidates.parquet")):
         (results / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +212,6 @@ def test_two_process_jobs_through_the_snakemake_rules(test_config_run, tmp_path)
         os.utime(results / relative, (time.time() - 100 + step, time.time() - 100 + step))
     run_snakemake(
         workdir, "results/test-2proc-rules/iter1/influence.parquet", "--configfile", str(config_path), "--cores", "2",
-        "--allowed-rules", "reference_set", "warmup_student", "influence_shard", "gather_influence",
         "--set-resources", "warmup_student:cpu_processes=2", "influence_shard:cpu_processes=2",
     )  # fmt: skip
     assert not (results / "logs/synthesize_iteration").exists()  # the run's candidates were used
